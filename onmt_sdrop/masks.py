@@ -1,0 +1,137 @@
+"""Dropout masks for the four patterns of Sarma et al. (2021).
+
+==========  ============  ===========  ===============================
+pattern     within batch  across time  compactable (dropped = no work)
+==========  ============  ===========  ===============================
+element     different     different    no   (stock ``nn.Dropout``)
+sample      different     same         no   (variational dropout)
+step        same          different    yes  (the paper's choice)
+fixed       same          same         yes  (ablation)
+==========  ============  ===========  ===============================
+
+A :class:`StepMask` keeps, at each group ``g`` (a time step), ``counts[g]`` of the ``size`` units,
+the same units for every sample of the batch. The kept set is a *window* of a random permutation:
+``K_g = perm[(offsets[g] + j) % size]`` for ``j < counts[g]``. For a uniformly random ``perm``
+each ``K_g`` is a uniformly random subset, exactly as plain step dropout; the window form lets a
+consumer permute its weight once per batch and then read each step's kept rows as a contiguous
+slice, with no per-step copy. ``perm`` is drawn anew at every forward pass (every batch).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+PATTERNS = ("step", "fixed", "sample", "element")
+COMPACT_PATTERNS = ("step", "fixed")
+COUNTS = ("fixed", "bernoulli")
+
+
+def kept_count(size: int, p: float) -> int:
+    """Units kept per step under the fixed-count rule: ``size - round(p * size)``."""
+    return size - int(round(p * size))
+
+
+@dataclass
+class StepMask:
+    """Kept units per group (time step), shared by every sample of the batch.
+
+    perm:    (size,) long, a permutation of the units
+    offsets: (G,) long, window start of each group in ``perm``
+    counts:  (G,) long, number of kept units of each group (``<= kmax``)
+    scale:   (G,) float, the inverse keep rate applied to kept units
+    """
+
+    perm: torch.Tensor
+    offsets: torch.Tensor
+    counts: torch.Tensor
+    scale: torch.Tensor
+    size: int
+    kmax: int
+
+    @property
+    def groups(self) -> int:
+        return int(self.offsets.numel())
+
+    def to(self, device) -> "StepMask":
+        return StepMask(self.perm.to(device), self.offsets.to(device), self.counts.to(device),
+                        self.scale.to(device), self.size, self.kmax)
+
+    def step(self, g) -> "StepMask":
+        """The mask of group ``g`` (an int or a slice) as a mask of its own."""
+        sl = slice(g, g + 1) if isinstance(g, int) else g
+        return StepMask(self.perm, self.offsets[sl], self.counts[sl], self.scale[sl],
+                        self.size, self.kmax)
+
+    def ext_perm(self) -> torch.Tensor:
+        """``perm`` followed by its first ``kmax`` entries: every window is a contiguous slice."""
+        return torch.cat([self.perm, self.perm[: self.kmax]])
+
+    def window_index(self) -> torch.Tensor:
+        """(G, kmax) unit index of each compact column; columns past ``counts[g]`` are dropped units."""
+        j = torch.arange(self.kmax, device=self.perm.device)
+        return self.perm[(self.offsets[:, None] + j[None, :]) % self.size]
+
+    def column_weight(self, dtype=torch.float32) -> torch.Tensor:
+        """(G, kmax) scale for kept compact columns, 0 for the padding past ``counts[g]``."""
+        j = torch.arange(self.kmax, device=self.perm.device)
+        keep = j[None, :] < self.counts[:, None]
+        return keep.to(dtype) * self.scale[:, None].to(dtype)
+
+    def dense(self, dtype=torch.float32) -> torch.Tensor:
+        """(G, size) multiplicative mask: ``scale`` at kept units, 0 elsewhere."""
+        out = torch.zeros(self.groups, self.size, dtype=dtype, device=self.perm.device)
+        return out.scatter_(1, self.window_index(), self.column_weight(dtype))
+
+    def host_windows(self):
+        """(offsets, counts) as Python ints, for backends that loop over groups on the host."""
+        return list(zip(self.offsets.tolist(), self.counts.tolist()))
+
+
+def sample_step_mask(groups: int, size: int, p: float, *, count: str = "fixed",
+                     fixed: bool = False, generator: torch.Generator | None = None) -> StepMask:
+    """Draw a :class:`StepMask` for ``groups`` time steps of a ``size``-wide activation.
+
+    ``count="fixed"`` keeps exactly ``kept_count(size, p)`` units per step and scales by
+    ``size / k``; ``"bernoulli"`` draws each step's count from Binomial(size, 1 - p) and scales by
+    ``1 / (1 - p)``, the expected value of Bernoulli dropout either way. ``fixed=True`` keeps the same
+    units at every step (the "fixed" pattern).
+    """
+    if not 0.0 <= p < 1.0:
+        raise ValueError(f"dropout rate must be in [0, 1), got {p}")
+    if count not in COUNTS:
+        raise ValueError(f"count must be one of {COUNTS}, got {count!r}")
+    perm = torch.randperm(size, generator=generator)
+    n_off = 1 if fixed else groups
+    offsets = torch.randint(0, size, (n_off,), generator=generator).expand(groups).contiguous()
+    if count == "fixed":
+        k = kept_count(size, p)
+        counts = torch.full((n_off,), k, dtype=torch.long)
+        scale = torch.full((n_off,), size / max(k, 1), dtype=torch.float32)
+    else:
+        trials = torch.full((n_off,), float(size), dtype=torch.float64)
+        probs = torch.full((n_off,), 1.0 - p, dtype=torch.float64)
+        counts = torch.binomial(trials, probs, generator=generator).long()
+        scale = torch.full((n_off,), 1.0 / (1.0 - p), dtype=torch.float32)
+    counts = counts.expand(groups).contiguous()
+    scale = scale.expand(groups).contiguous()
+    return StepMask(perm, offsets, counts, scale, size, max(int(counts.max()), 1))
+
+
+def sample_dense_mask(shape, p: float, pattern: str, *, dtype=torch.float32,
+                      device=None) -> torch.Tensor:
+    """Multiplicative mask of shape ``(T, B, H)`` for the non-compactable patterns.
+
+    ``element`` draws every entry; ``sample`` draws one (B, H) mask shared by every step.
+    """
+    if not 0.0 <= p < 1.0:
+        raise ValueError(f"dropout rate must be in [0, 1), got {p}")
+    t, b, h = shape
+    if pattern == "element":
+        draw = (t, b, h)
+    elif pattern == "sample":
+        draw = (1, b, h)
+    else:
+        raise ValueError(f"dense masks are for 'element' and 'sample', not {pattern!r}")
+    keep = torch.rand(draw, device=device) >= p
+    return (keep.to(dtype) / (1.0 - p)).expand(t, b, h)

@@ -1,0 +1,50 @@
+"""Compacted tensor ops behind one interface, with a pure-torch and a CUDA (CuPy) backend.
+
+Knows neither OpenNMT-py nor the LSTM modules. Each backend is a module with the functions
+``gather, scatter, permute_weight, compact_matmul, matmul_compact, lstm_sequence``
+(see :mod:`onmt_sdrop.ops.torch_backend` for their contracts); :mod:`.reference` holds the dense
+masked reference every backend is tested against.
+"""
+from __future__ import annotations
+
+import importlib
+
+from ..errors import SdropError
+
+BACKENDS = ("auto", "torch", "cupy", "dense")
+
+
+def cupy_available() -> tuple[bool, str]:
+    """(True, "") when the CUDA backend can run here, else (False, the reason)."""
+    try:
+        import torch
+
+        if not torch.cuda.is_available():
+            return False, "no CUDA device is visible to torch"
+        importlib.import_module("cupy")
+    except ImportError as exc:  # pragma: no cover - depends on the machine
+        return False, f"CuPy is not installed ({exc.name}); pip install 'onmt_sdrop[cuda12]' or '[cuda13]'"
+    return True, ""
+
+
+def check_backend(name: str) -> None:
+    """Refuse a backend that cannot run on this machine, with the reason."""
+    if name not in BACKENDS:
+        raise SdropError(f"-sdrop_backend must be one of {', '.join(BACKENDS)}, got {name!r}")
+    if name == "cupy":
+        ok, why = cupy_available()
+        if not ok:
+            raise SdropError(f"-sdrop_backend cupy needs a GPU and CuPy: {why}")
+
+
+def get_ops(name: str, device):
+    """The ops module for backend ``name`` ("auto", "torch", "cupy" or "dense") on ``device``.
+
+    ``dense`` still needs the recurrence, which it takes from the torch backend."""
+    check_backend(name)
+    on_gpu = getattr(device, "type", str(device)) == "cuda"
+    if name == "cupy" or (name == "auto" and on_gpu and cupy_available()[0]):
+        if not on_gpu:
+            raise SdropError("-sdrop_backend cupy needs the model on a GPU (set -gpu_ranks)")
+        return importlib.import_module(".cupy_backend", __name__)
+    return importlib.import_module(".torch_backend", __name__)

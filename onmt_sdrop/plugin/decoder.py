@@ -1,0 +1,194 @@
+"""``sdrop_rnn`` decoder: OpenNMT-py's RNN decoders (input feed on and off) with structured dropout.
+
+Same parameters as the stock ``rnn`` decoder, so checkpoints load either way. Dropout sites, as in
+OpenNMT-py: the embeddings, between stacked layers, and the output after attention
+``dec_out = drop(tanh(W_out [c; h]))``. That output is seen only dropped (by the generator and the
+next step's input feed), so ``W_out`` computes only the kept units (producer compaction) and its
+consumers read only those (consumer compaction).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from onmt.decoders.decoder import InputFeedRNNDecoder, StdRNNDecoder
+from onmt.modules.sparse_activations import sparsemax
+from onmt.utils.misc import sequence_mask
+
+from ..errors import SdropError
+from ..nn import lstm_cell, run_lstm
+from .base import SdropMixin
+from .config import SdropConfig, dropout_rate
+
+
+def attention_context(attn, query, enc_out, src_len):
+    """Context vectors of OpenNMT-py's ``GlobalAttention`` (its forward, less ``linear_out``).
+
+    query (B, T, H) -> context (B, T, H), alignment (B, T, S)."""
+    align = attn.score(query, enc_out)
+    if src_len is not None:
+        pad = sequence_mask(src_len, max_len=align.size(-1)).unsqueeze(1)  # True at padding
+        align = align.masked_fill(pad, -float("inf"))
+    b, t, s = align.shape
+    fn = F.softmax if attn.attn_func == "softmax" else sparsemax
+    vec = fn(align.view(b * t, s), -1).view(b, t, s)
+    return torch.bmm(vec, enc_out), vec
+
+
+class GeneratorLink:
+    """The compact decoder output of the last training forward, for the generator to consume."""
+
+    def __init__(self, dense, site, compact):
+        self.key = (dense.data_ptr(), dense.numel())
+        self.site, self.compact = site, compact
+
+    def matches(self, x) -> bool:
+        return (x.data_ptr(), x.numel()) == self.key
+
+
+class _SdropDecoderMixin(SdropMixin):
+    def __init__(self, rnn_type, bidirectional_encoder, num_layers, hidden_size,
+                 attn_type="general", attn_func="softmax", coverage_attn=False, context_gate=None,
+                 copy_attn=False, dropout=0.0, embeddings=None, reuse_copy_attn=False,
+                 copy_attn_type="general", config: SdropConfig | None = None):
+        if rnn_type != "LSTM":
+            raise SdropError(f"the sdrop decoder supports -rnn_type LSTM only, got {rnn_type}")
+        super().__init__(rnn_type, bidirectional_encoder, num_layers, hidden_size, attn_type,
+                         attn_func, coverage_attn, context_gate, copy_attn, dropout, embeddings,
+                         reuse_copy_attn, copy_attn_type)
+        self._init_sdrop(dropout, config or SdropConfig(), embeddings)
+        self.sdrop_link = None
+        self._pending = None
+
+    @classmethod
+    def from_opt(cls, opt, embeddings):
+        target = SdropInputFeedDecoder if opt.input_feed else SdropStdDecoder
+        return target(opt.rnn_type, opt.brnn, opt.dec_layers, opt.dec_hid_size,
+                      opt.global_attention, opt.global_attention_function, opt.coverage_attn,
+                      opt.context_gate, opt.copy_attn, dropout_rate(opt), embeddings,
+                      opt.reuse_copy_attn, opt.copy_attn_type, config=SdropConfig.from_opt(opt))
+
+    def _output_layer(self, site):
+        """(prepared W_out, bias, activation) when W_out can compute only the kept units."""
+        if not self.attentional or self.context_gate is not None:
+            return None  # the context gate reads every unit of the attention output
+        lin = self.attn.linear_out
+        act = torch.tanh if self.attn.attn_type in ("general", "dot") else (lambda y: y)
+        return site.prep(lin.weight, 0), lin.bias, act
+
+    def _attend(self, rnn_out, enc_out, src_len, dec_in, site, t, out_layer):
+        """Attention, context gate and output dropout: (dropped value, alignment or None).
+
+        ``rnn_out`` is (B, H) at step ``t``, or (T, B, H) for all steps when ``t`` is None."""
+        p_attn, dec_out = None, rnn_out
+        if self.attentional:
+            query = rnn_out.unsqueeze(1) if t is not None else rnn_out.transpose(0, 1)
+            ctx, p_attn = attention_context(self.attn, query, enc_out, src_len)
+            if t is not None:
+                ctx, p_attn = ctx.squeeze(1), p_attn.squeeze(1)
+            else:
+                ctx = ctx.transpose(0, 1)
+            concat = torch.cat([ctx, rnn_out], -1)
+            if out_layer is not None:
+                return site.produce(concat, t, *out_layer), p_attn
+            dec_out = self.attn.linear_out(concat)
+            if self.attn.attn_type in ("general", "dot"):
+                dec_out = torch.tanh(dec_out)
+        if self.context_gate is not None:
+            shape = dec_out.shape
+            dec_out = self.context_gate(dec_in.reshape(-1, dec_in.shape[-1]),
+                                        rnn_out.reshape(-1, shape[-1]),
+                                        dec_out.reshape(-1, shape[-1])).view(shape)
+        return site.drop(dec_out, t), p_attn
+
+    def forward(self, tgt, enc_out, src_len=None, step=None, **kwargs):
+        dec_outs, attns = super().forward(tgt, enc_out, src_len=src_len, step=step, **kwargs)
+        link, self._pending = self._pending, None
+        self.sdrop_link = GeneratorLink(dec_outs, *link) if link is not None else None
+        return dec_outs, attns
+
+
+class SdropInputFeedDecoder(_SdropDecoderMixin, InputFeedRNNDecoder):
+    """Input feeding decoder (Luong et al. 2015): per step, the input GEMMs on kept units."""
+
+    def _run_forward_pass(self, tgt, enc_out, src_len=None):
+        input_feed = self.state["input_feed"].squeeze(0)
+        h, c = (list(s.unbind(0)) for s in self.state["hidden"])
+        emb = self.embeddings(tgt).transpose(0, 1)            # (T, B, E), not dropped yet
+        steps, emb_size = emb.shape[0], emb.shape[-1]
+        ops = self._ops(emb.device)
+        cells = self.rnn.layers
+        s_emb = self._site(ops, emb_size, steps, emb)
+        s_mid = [self._site(ops, self.hidden_size, steps, emb) for _ in cells[1:]]
+        s_out = self._site(ops, self.hidden_size, steps, emb)
+
+        w0 = cells[0].weight_ih
+        w_feed = s_out.prep(w0[:, emb_size:], 1)
+        w_mid = [s.prep(cell.weight_ih, 1) for s, cell in zip(s_mid, cells[1:])]
+        out_layer = self._output_layer(s_out)
+        emb_v = s_emb.drop(emb, None)
+        emb_proj = s_emb.matmul(emb_v, None, s_emb.prep(w0[:, :emb_size], 1))  # all steps at once
+        feed_proj = F.linear(input_feed, w0[:, emb_size:])    # the carried feed is dense
+        need_dec_in = self.context_gate is not None
+        emb_d = s_emb.dense(emb_v, None) if need_dec_in else None
+
+        dec_outs, compact = [], []
+        attns = {"std": []} if self.attentional else {}
+        if self.copy_attn is not None or self._reuse_copy_attn:
+            attns["copy"] = []
+        if self._coverage:
+            attns["coverage"] = []
+        coverage = self.state["coverage"].squeeze(0) if self.state["coverage"] is not None else None
+        for t in range(steps):
+            x = None
+            for i, cell in enumerate(cells):
+                if i == 0:
+                    gx = emb_proj[t] + feed_proj
+                else:
+                    gx = s_mid[i - 1].matmul(s_mid[i - 1].drop(x, t), t, w_mid[i - 1])
+                h[i], c[i] = lstm_cell(ops, gx, cell, h[i], c[i])
+                x = h[i]
+            dec_in = torch.cat([emb_d[t], input_feed], 1) if need_dec_in else None
+            out_v, p_attn = self._attend(x, enc_out, src_len, dec_in, s_out, t, out_layer)
+            feed_proj = s_out.matmul(out_v, t, w_feed)
+            dec_out = s_out.dense(out_v, t)
+            if need_dec_in:
+                input_feed = dec_out
+            dec_outs.append(dec_out)
+            compact.append(out_v)
+            if self.attentional:
+                attns["std"].append(p_attn)
+            if self._coverage:
+                coverage = p_attn if coverage is None else p_attn + coverage
+                attns["coverage"].append(coverage)
+            if self.copy_attn is not None:
+                attns["copy"].append(self.copy_attn(dec_out, enc_out)[1])
+            elif self._reuse_copy_attn:
+                attns["copy"] = attns["std"]
+        if s_out.compact:
+            self._pending = (s_out, torch.stack(compact))
+        return (torch.stack(h), torch.stack(c)), dec_outs, attns
+
+
+class SdropStdDecoder(_SdropDecoderMixin, StdRNNDecoder):
+    """Decoder without input feeding: every layer's input GEMM runs over all steps at once."""
+
+    def _run_forward_pass(self, tgt, enc_out, src_len=None):
+        if self.copy_attn is not None or self._coverage:
+            raise SdropError("-input_feed 0 supports neither -copy_attn nor -coverage_attn "
+                             "(as stock OpenNMT-py)")
+        emb = self.embeddings(tgt).transpose(0, 1)
+        steps = emb.shape[0]
+        ops = self._ops(emb.device)
+        sizes = [emb.shape[-1]] + [self.hidden_size] * (self.rnn.num_layers - 1)
+        sites = [self._site(ops, size, steps, emb) for size in sizes]
+        s_out = self._site(ops, self.hidden_size, steps, emb)
+        rnn_out, dec_state = run_lstm(self.rnn, emb, sites, ops, state=self.state["hidden"])
+        dec_in = None
+        if self.context_gate is not None:
+            dec_in = sites[0].dense(sites[0].drop(emb, None), None)
+        out_v, p_attn = self._attend(rnn_out, enc_out, src_len, dec_in, s_out, None,
+                                     self._output_layer(s_out))
+        attns = {"std": p_attn} if self.attentional else {}
+        if s_out.compact:
+            self._pending = (s_out, out_v)
+        return dec_state, s_out.dense(out_v, None).transpose(0, 1), attns

@@ -1,0 +1,40 @@
+"""The generator (vocabulary projection) reading only the kept units of the decoder output.
+
+It is OpenNMT-py's ``nn.Linear`` generator with another ``forward``: same parameters, same
+checkpoints. In training, when its input is exactly the decoder output of the last forward pass and
+that output was dropped with a compact pattern, each step's logits are
+``dec_out_t[:, K_t] @ W[:, K_t]^T + b``; otherwise it is the plain linear layer.
+"""
+from __future__ import annotations
+
+import weakref
+
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+class SdropGenerator(nn.Linear):
+    def attach(self, decoder) -> None:
+        # a weak reference, not a submodule: the state dict stays that of nn.Linear
+        self.__dict__["_decoder_ref"] = weakref.ref(decoder)
+
+    @classmethod
+    def adopt(cls, linear: nn.Linear, decoder) -> "SdropGenerator":
+        """Turn the stock generator into this class in place (tied weights stay tied)."""
+        linear.__class__ = cls
+        linear.attach(decoder)
+        return linear
+
+    def forward(self, x):
+        ref = self.__dict__.get("_decoder_ref")
+        decoder = ref() if ref is not None else None
+        link = getattr(decoder, "sdrop_link", None)
+        if link is None or not self.training or not link.matches(x):
+            return F.linear(x, self.weight, self.bias)
+        decoder.sdrop_link = None  # consumed: the compact tensors can go
+        site, compact = link.site, link.compact                 # compact: (T, B, kmax)
+        logits = site.matmul(compact, None, site.prep(self.weight, 1))
+        if self.bias is not None:
+            logits = logits + self.bias
+        # rows of x are (batch, step) in batch-major order
+        return logits.transpose(0, 1).reshape(-1, logits.shape[-1])
