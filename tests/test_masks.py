@@ -1,0 +1,85 @@
+"""Mask sampling: counts, sharing, variation across steps, scaling, reproducibility."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from onmt_sdrop.masks import kept_count, sample_dense_mask, sample_step_mask
+from onmt_sdrop.nn import make_site
+from onmt_sdrop.ops import torch_backend
+
+
+@pytest.mark.parametrize("size,p", [(500, 0.3), (37, 0.5), (10, 0.0), (7, 0.9)])
+def test_fixed_count_and_scale(size, p):
+    m = sample_step_mask(12, size, p)
+    k = kept_count(size, p)
+    assert k == size - round(p * size)
+    dense = m.dense(torch.float64)
+    assert ((dense != 0).sum(1) == k).all()
+    assert torch.allclose(dense[dense != 0], torch.tensor(size / k, dtype=torch.float64))
+    # every kept set is a set: window indices are distinct units
+    idx = m.window_index()
+    assert all(len(set(row.tolist())) == m.kmax for row in idx)
+
+
+def test_step_varies_across_steps_fixed_does_not():
+    torch.manual_seed(0)
+    step = sample_step_mask(20, 64, 0.3).dense()
+    fixed = sample_step_mask(20, 64, 0.3, fixed=True).dense()
+    assert len({tuple(r.tolist()) for r in step}) > 15
+    assert len({tuple(r.tolist()) for r in fixed}) == 1
+
+
+def test_step_mask_is_shared_across_the_batch():
+    torch.manual_seed(0)
+    site = make_site(0.4, pattern="step", count="fixed", mode="dense", ops=torch_backend, steps=6,
+                     batch=5, size=32, device="cpu", dtype=torch.float32, training=True)
+    m = site.mask                                     # (T, B, H)
+    assert torch.equal(m, m[:, :1].expand_as(m))      # same within the batch
+    assert not torch.equal(m[0], m[1])                 # new units each step
+
+
+def test_sample_and_element_patterns():
+    torch.manual_seed(0)
+    s = sample_dense_mask((6, 5, 40), 0.5, "sample")
+    assert torch.equal(s, s[:1].expand_as(s))          # same over time
+    assert not torch.equal(s[0, 0], s[0, 1])           # differs per sample
+    e = sample_dense_mask((6, 5, 40), 0.5, "element")
+    assert not torch.equal(e[0], e[1])
+    assert set(torch.unique(e).tolist()) == {0.0, 2.0}
+
+
+def test_marginal_keep_rate_is_uniform():
+    """Each unit is kept with probability (1-p) at a step, whatever its position."""
+    torch.manual_seed(0)
+    hits = torch.zeros(50)
+    n = 2000
+    for _ in range(n // 20):
+        hits += (sample_step_mask(20, 50, 0.3).dense() != 0).float().sum(0)
+    rate = hits / n
+    assert (rate - 0.7).abs().max() < 0.06
+
+
+def test_bernoulli_count_mean_and_scale():
+    torch.manual_seed(0)
+    m = sample_step_mask(4000, 100, 0.3, count="bernoulli")
+    counts = m.counts.float()
+    assert abs(counts.mean().item() - 70) < 0.5
+    assert counts.std() > 2                              # really varies
+    assert torch.allclose(m.scale, torch.tensor(1 / 0.7))
+    d = m.dense(torch.float64)
+    assert ((d != 0).sum(1) == m.counts).all()
+
+
+def test_reproducible_under_seed():
+    torch.manual_seed(7)
+    a = sample_step_mask(8, 30, 0.3).dense()
+    torch.manual_seed(7)
+    b = sample_step_mask(8, 30, 0.3).dense()
+    assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("p", [-0.1, 1.0, 1.5])
+def test_rate_out_of_range(p):
+    with pytest.raises(ValueError, match=r"\[0, 1\)"):
+        sample_step_mask(3, 10, p)

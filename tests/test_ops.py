@@ -1,0 +1,102 @@
+"""Compacted ops of every available backend against the dense masked reference (float64)."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from onmt_sdrop.masks import StepMask, sample_step_mask
+from onmt_sdrop.nn import CompactDrop
+from onmt_sdrop.ops import reference, torch_backend
+
+BACKENDS = [torch_backend]
+
+
+def masks(size):
+    """Random fixed-count, Bernoulli-count, all-kept and none-kept groups."""
+    torch.manual_seed(size)
+    yield sample_step_mask(5, size, 0.3)
+    yield sample_step_mask(5, size, 0.5, count="bernoulli")
+    perm = torch.randperm(size)
+    yield StepMask(perm, torch.tensor([0, 3, size - 1]), torch.tensor([size, 0, 1]),
+                   torch.tensor([1.0, 1.0, float(size)]), size, size)
+
+
+@pytest.mark.parametrize("ops", BACKENDS)
+@pytest.mark.parametrize("size,out,batch", [(11, 7, 3), (32, 20, 1), (17, 64, 6)])
+def test_consumer_matches_reference(ops, size, out, batch):
+    for m in masks(size):
+        g = m.groups
+        x = torch.randn(g, batch, size, dtype=torch.float64, requires_grad=True)
+        w = torch.randn(out, size, dtype=torch.float64, requires_grad=True)
+
+        def f(x, w, m=m):
+            return ops.compact_matmul(ops.gather(x, m), ops.permute_weight(w, m, 1), m)
+
+        y = f(x, w)
+        torch.testing.assert_close(y, reference.consumer(x, w, m), rtol=1e-12, atol=1e-12)
+        dy = torch.randn_like(y)
+        gx, gw = torch.autograd.grad(y, (x, w), dy)
+        rx, rw = torch.autograd.grad(reference.consumer(x, w, m), (x, w), dy)
+        torch.testing.assert_close(gx, rx, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(gw, rw, rtol=1e-12, atol=1e-12)
+        # dX is zero at dropped units, without being computed there
+        assert (gx[m.dense(torch.float64)[:, None, :].expand_as(gx) == 0] == 0).all()
+        assert torch.autograd.gradcheck(f, (x, w))
+
+
+@pytest.mark.parametrize("ops", BACKENDS)
+@pytest.mark.parametrize("act", [torch.tanh, lambda y: y])
+def test_producer_matches_reference(ops, act):
+    size, inp, batch = 13, 9, 4
+    for m in masks(size):
+        site = CompactDrop(m, ops)
+        x = torch.randn(m.groups, batch, inp, dtype=torch.float64, requires_grad=True)
+        w = torch.randn(size, inp, dtype=torch.float64, requires_grad=True)
+        b = torch.randn(size, dtype=torch.float64, requires_grad=True)
+
+        def f(x, w, b, site=site):
+            return site.dense(site.produce(x, None, site.prep(w, 0), b, act), None)
+
+        torch.testing.assert_close(f(x, w, b), reference.producer(x, w, b, act, m),
+                                   rtol=1e-12, atol=1e-12)
+        assert torch.autograd.gradcheck(f, (x, w, b))
+
+
+@pytest.mark.parametrize("ops", BACKENDS)
+def test_compact_roundtrip_and_scatter(ops):
+    m = sample_step_mask(4, 10, 0.4)
+    x = torch.randn(4, 3, 10, dtype=torch.float64)
+    dense = ops.scatter(ops.gather(x, m), m)
+    torch.testing.assert_close(dense, x * m.dense(torch.float64)[:, None, :])
+
+
+@pytest.mark.parametrize("ops", BACKENDS)
+@pytest.mark.parametrize("lengths", [None, [6, 3, 1]])
+@pytest.mark.parametrize("dirs", [1, 2])
+def test_lstm_sequence_matches_reference(ops, lengths, dirs):
+    torch.manual_seed(0)
+    t, b, h = 6, 3, 5
+    gx = torch.randn(t, dirs, b, 4 * h, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(dirs, 4 * h, h, dtype=torch.float64, requires_grad=True)
+    h0 = torch.randn(dirs, b, h, dtype=torch.float64, requires_grad=True)
+    c0 = torch.randn(dirs, b, h, dtype=torch.float64, requires_grad=True)
+    valid = None if lengths is None else torch.arange(t)[:, None] < torch.tensor(lengths)[None]
+    got = ops.lstm_sequence(gx, w, h0, c0, valid)
+    want = reference.lstm_sequence(gx, w, h0, c0, valid)
+    for a, r in zip(got, want):
+        torch.testing.assert_close(a, r, rtol=1e-12, atol=1e-12)
+    assert torch.autograd.gradcheck(lambda *a: ops.lstm_sequence(*a, valid), (gx, w, h0, c0))
+
+
+def test_lstm_sequence_equals_nn_lstm():
+    """The recurrence with nn.LSTM's weights is nn.LSTM."""
+    torch.manual_seed(0)
+    lstm = torch.nn.LSTM(4, 6).double()
+    x = torch.randn(7, 3, 4, dtype=torch.float64)
+    want, (hn, cn) = lstm(x)
+    gx = (x @ lstm.weight_ih_l0.t() + lstm.bias_ih_l0 + lstm.bias_hh_l0)[:, None]
+    z = torch.zeros(1, 3, 6, dtype=torch.float64)
+    out, h, c = torch_backend.lstm_sequence(gx, lstm.weight_hh_l0[None], z, z)
+    torch.testing.assert_close(out[:, 0], want)
+    torch.testing.assert_close(h, hn)
+    torch.testing.assert_close(c, cn)
