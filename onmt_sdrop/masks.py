@@ -89,21 +89,26 @@ class StepMask:
 
 
 def sample_step_mask(groups: int, size: int, p: float, *, count: str = "fixed",
-                     fixed: bool = False, generator: torch.Generator | None = None) -> StepMask:
+                     fixed: bool = False, distinct: int = 0,
+                     generator: torch.Generator | None = None) -> StepMask:
     """Draw a :class:`StepMask` for ``groups`` time steps of a ``size``-wide activation.
 
     ``count="fixed"`` keeps exactly ``kept_count(size, p)`` units per step and scales by
     ``size / k``; ``"bernoulli"`` draws each step's count from Binomial(size, 1 - p) and scales by
     ``1 / (1 - p)``, the expected value of Bernoulli dropout either way. ``fixed=True`` keeps the same
-    units at every step (the "fixed" pattern).
+    units at every step (the "fixed" pattern). ``distinct=R > 0`` draws R masks and gives each step
+    one of them at random (uniformly, independently per step): each step's mask is still a uniform
+    random subset, but steps that share a mask can share one GEMM on backends that batch them.
     """
     if not 0.0 <= p < 1.0:
         raise ValueError(f"dropout rate must be in [0, 1), got {p}")
     if count not in COUNTS:
         raise ValueError(f"count must be one of {COUNTS}, got {count!r}")
+    if distinct < 0:
+        raise ValueError(f"distinct must be >= 0, got {distinct}")
     perm = torch.randperm(size, generator=generator)
-    n_off = 1 if fixed else groups
-    offsets = torch.randint(0, size, (n_off,), generator=generator).expand(groups).contiguous()
+    n_off = 1 if fixed else (min(distinct, groups) if distinct else groups)
+    offsets = torch.randint(0, size, (n_off,), generator=generator)
     if count == "fixed":
         k = kept_count(size, p)
         counts = torch.full((n_off,), k, dtype=torch.long)
@@ -113,9 +118,14 @@ def sample_step_mask(groups: int, size: int, p: float, *, count: str = "fixed",
         probs = torch.full((n_off,), 1.0 - p, dtype=torch.float64)
         counts = torch.binomial(trials, probs, generator=generator).long()
         scale = torch.full((n_off,), 1.0 / (1.0 - p), dtype=torch.float32)
-    counts = counts.expand(groups).contiguous()
-    scale = scale.expand(groups).contiguous()
-    return StepMask(perm, offsets, counts, scale, size, max(int(counts.max()), 1))
+    if n_off == groups:
+        pick = torch.arange(groups)
+    elif n_off == 1:
+        pick = torch.zeros(groups, dtype=torch.long)
+    else:
+        pick = torch.randint(0, n_off, (groups,), generator=generator)
+    return StepMask(perm, offsets[pick], counts[pick], scale[pick], size,
+                    max(int(counts.max()), 1))
 
 
 def sample_dense_mask(shape, p: float, pattern: str, *, dtype=torch.float32,

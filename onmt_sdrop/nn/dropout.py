@@ -98,7 +98,8 @@ class CompactDrop:
         return self._out(self.ops.scatter(self._3d(v, t), self._m(t)), t)
 
 
-def make_site(p, *, pattern, count, mode, ops, steps, batch, size, device, dtype, training):
+def make_site(p, *, pattern, count, mode, ops, steps, batch, size, device, dtype, training,
+              distinct=0):
     """The site for one dropout location of one forward pass.
 
     ``mode`` is "compact" (skip dropped work where the pattern allows it) or "dense" (masked
@@ -107,7 +108,8 @@ def make_site(p, *, pattern, count, mode, ops, steps, batch, size, device, dtype
     if not training or p == 0:
         return NoDrop()
     if pattern in COMPACT_PATTERNS:
-        mask = sample_step_mask(steps, size, p, count=count, fixed=pattern == "fixed").to(device)
+        mask = sample_step_mask(steps, size, p, count=count, fixed=pattern == "fixed",
+                                distinct=distinct).to(device)
         if mode == "compact":
             return CompactDrop(mask, ops)
         dense = mask.dense(dtype)[:, None, :].expand(steps, batch, size)

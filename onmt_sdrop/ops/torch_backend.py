@@ -36,20 +36,52 @@ def permute_weight(w: torch.Tensor, mask: StepMask, dim: int) -> torch.Tensor:
     return w.index_select(dim, mask.ext_perm())
 
 
-# ---------------------------------------------------------------- consumer: Y_g = X_g[:, K_g] @ W[:, K_g]^T
+# ---------------------------------------------------------------- grouped GEMMs
+#
+# Groups that share a window (the "fixed" pattern, or a step pattern with few distinct masks per
+# batch) are stacked into one GEMM: on a CPU a GEMM of B rows re-packs its weight panel every call,
+# so fewer, taller GEMMs are what makes the skipped work show up as time saved.
+
+def _window_groups(mask: StepMask):
+    """[(offset, count, group indices or None for "all groups")] for the distinct windows."""
+    windows = mask.host_windows()
+    by_window: dict = {}
+    for g, w in enumerate(windows):
+        by_window.setdefault(w, []).append(g)
+    if len(by_window) == 1:
+        (o, k), = by_window
+        return [(o, k, None)]
+    return [(o, k, torch.tensor(gs)) for (o, k), gs in by_window.items() if k > 0]
+
+
+def _rows(t: torch.Tensor, gs, k=None):
+    """Rows of the groups ``gs`` stacked as a matrix (first ``k`` columns if given)."""
+    sel = t if gs is None else t.index_select(0, gs)
+    sel = sel.reshape(-1, sel.shape[-1])
+    return sel if k is None else sel[:, :k]
+
+
+def _put(dst: torch.Tensor, gs, k, value: torch.Tensor):
+    """Write ``value`` (rows of groups ``gs``) into ``dst[gs, :, :k]``."""
+    if gs is None:
+        dst[..., :k] = value.view(*dst.shape[:-1], k)
+    else:
+        dst[gs, :, :k] = value.view(len(gs), dst.shape[1], k)
+
 
 class _CompactMatmul(Function):
+    """Consumer: ``Y_g = X_g[:, K_g] @ W[:, K_g]^T`` on compact input."""
+
     @staticmethod
     def forward(ctx, xc, w_ext, mask):
-        windows = mask.host_windows()
+        groups = _window_groups(mask)
         g, b, _ = xc.shape
-        y = xc.new_empty(g, b, w_ext.shape[0])
-        for i, (o, k) in enumerate(windows):
-            if k == 0:
-                y[i].zero_()
-            else:
-                torch.mm(xc[i, :, :k], w_ext[:, o:o + k].t(), out=y[i])
-        ctx.windows = windows
+        covered = sum(g if gs is None else len(gs) for _, k, gs in groups if k)
+        y = (xc.new_empty if covered == g else xc.new_zeros)(g, b, w_ext.shape[0])
+        for o, k, gs in groups:
+            if k:
+                _put(y, gs, w_ext.shape[0], _rows(xc, gs, k) @ w_ext[:, o:o + k].t())
+        ctx.groups = groups
         ctx.save_for_backward(xc, w_ext)
         return y
 
@@ -58,13 +90,14 @@ class _CompactMatmul(Function):
         xc, w_ext = ctx.saved_tensors
         dxc = torch.zeros_like(xc) if ctx.needs_input_grad[0] else None
         dw = torch.zeros_like(w_ext) if ctx.needs_input_grad[1] else None
-        for i, (o, k) in enumerate(ctx.windows):
+        for o, k, gs in ctx.groups:
             if k == 0:
                 continue
+            d = _rows(dy, gs)
             if dxc is not None:
-                dxc[i, :, :k] = dy[i] @ w_ext[:, o:o + k]
+                _put(dxc, gs, k, d @ w_ext[:, o:o + k])
             if dw is not None:
-                dw[:, o:o + k].addmm_(dy[i].t(), xc[i, :, :k])
+                dw[:, o:o + k].addmm_(d.t(), _rows(xc, gs, k))
         return dxc, dw, None
 
 
@@ -73,18 +106,18 @@ def compact_matmul(xc: torch.Tensor, w_ext: torch.Tensor, mask: StepMask) -> tor
     return _CompactMatmul.apply(xc, w_ext, mask)
 
 
-# ---------------------------------------------------------------- producer: Y_g[:, K_g] = X_g @ W[K_g, :]^T
-
 class _MatmulCompact(Function):
+    """Producer: ``Y_g[:, K_g] = X_g @ W[K_g, :]^T``, the kept output columns only."""
+
     @staticmethod
     def forward(ctx, x, w_ext, mask):
-        windows = mask.host_windows()
+        groups = _window_groups(mask)
         g, b, _ = x.shape
         yc = x.new_zeros(g, b, mask.kmax)
-        for i, (o, k) in enumerate(windows):
+        for o, k, gs in groups:
             if k:
-                yc[i, :, :k] = x[i] @ w_ext[o:o + k].t()
-        ctx.windows = windows
+                _put(yc, gs, k, _rows(x, gs) @ w_ext[o:o + k].t())
+        ctx.groups = groups
         ctx.save_for_backward(x, w_ext)
         return yc
 
@@ -93,14 +126,14 @@ class _MatmulCompact(Function):
         x, w_ext = ctx.saved_tensors
         dx = torch.zeros_like(x) if ctx.needs_input_grad[0] else None
         dw = torch.zeros_like(w_ext) if ctx.needs_input_grad[1] else None
-        for i, (o, k) in enumerate(ctx.windows):
+        for o, k, gs in ctx.groups:
             if k == 0:
                 continue
-            d = dyc[i, :, :k]
+            d = _rows(dyc, gs, k)
             if dx is not None:
-                torch.mm(d, w_ext[o:o + k], out=dx[i])
+                _put(dx, gs, x.shape[-1], d @ w_ext[o:o + k])
             if dw is not None:
-                dw[o:o + k].addmm_(d.t(), x[i])
+                dw[o:o + k].addmm_(d.t(), _rows(x, gs))
         return dx, dw, None
 
 

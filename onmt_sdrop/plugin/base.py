@@ -30,4 +30,5 @@ class SdropMixin:
         """One dropout site for ``steps`` steps of a ``(B, size)`` activation like ``like``."""
         return make_site(self.dropout_p, pattern=self.sdrop.pattern, count=self.sdrop.count,
                          mode=self.sdrop.mode, ops=ops, steps=steps, batch=like.shape[-2],
-                         size=size, device=like.device, dtype=like.dtype, training=self.training)
+                         size=size, device=like.device, dtype=like.dtype, training=self.training,
+                         distinct=self.sdrop.step_masks)

@@ -23,6 +23,11 @@ def add_sdrop_opts(parser) -> None:
     group.add("--sdrop_count", "-sdrop_count", type=str, default="fixed", choices=COUNTS,
               help="Units kept per step: 'fixed' = exactly H - round(p*H) (static shapes); "
                    "'bernoulli' = Binomial(H, 1-p) per step.")
+    group.add("--sdrop_step_masks", "-sdrop_step_masks", type=int, default=0,
+              help="For -sdrop_pattern step: draw this many masks per batch and give each time "
+                   "step one of them at random (each step's mask is still uniformly random); "
+                   "0 = a fresh mask at every step. A few masks let the torch backend stack the "
+                   "steps that share one into a single GEMM, which is what saves time on a CPU.")
     group.add("--sdrop_backend", "-sdrop_backend", type=str, default="auto", choices=BACKENDS,
               help="Kernels for step/fixed dropout: 'torch' = compacted GEMMs in PyTorch, 'cupy' "
                    "= CUDA kernels (needs a GPU and CuPy), 'auto' = cupy on a GPU when available "
@@ -49,6 +54,9 @@ def validate_sdrop_opts(opt) -> None:
     count = getattr(opt, "sdrop_count", "fixed")
     if count not in COUNTS:
         raise SdropError(f"-sdrop_count must be one of {', '.join(COUNTS)}, got {count!r}")
+    masks = getattr(opt, "sdrop_step_masks", 0)
+    if masks < 0:
+        raise SdropError(f"-sdrop_step_masks must be >= 0, got {masks}")
     check_backend(getattr(opt, "sdrop_backend", "auto"))
 
 
@@ -59,12 +67,13 @@ class SdropConfig:
     pattern: str = "step"
     count: str = "fixed"
     backend: str = "auto"
+    step_masks: int = 0
 
     @classmethod
     def from_opt(cls, opt) -> "SdropConfig":
         # checkpoints of older versions may lack the options: fall back to the defaults
         return cls(getattr(opt, "sdrop_pattern", "step"), getattr(opt, "sdrop_count", "fixed"),
-                   getattr(opt, "sdrop_backend", "auto"))
+                   getattr(opt, "sdrop_backend", "auto"), getattr(opt, "sdrop_step_masks", 0))
 
     @property
     def mode(self) -> str:

@@ -1,0 +1,158 @@
+#!/usr/bin/env python
+"""Training throughput of stock OpenNMT-py vs our dense path vs our compacted path, in one run.
+
+Builds the three models with OpenNMT-py's own builder (same options, same initial weights), trains
+each on the same synthetic IWSLT-sized batches (forward, generator + NLL loss, backward, SGD step),
+interleaving the models round by round so machine noise hits all three alike, and reports target
+tokens per second after warm-up. Writes bench/results/cpu-<date>.json.
+
+    python bench/cpu_bench.py [--steps 200] [--hidden 500] [--batch 64] [--dropout 0.3]
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+import onmt_sdrop.hook
+
+onmt_sdrop.hook.install()
+import pyonmttok  # noqa: E402
+from onmt.constants import DefaultTokens, ModelTask  # noqa: E402
+from onmt.model_builder import build_model  # noqa: E402
+from onmt.opts import train_opts  # noqa: E402
+from onmt.utils.parse import ArgumentParser  # noqa: E402
+
+VARIANTS = {
+    "stock": ["-encoder_type", "brnn", "-decoder_type", "rnn"],
+    "sdrop_dense": ["-encoder_type", "sdrop_brnn", "-decoder_type", "sdrop_rnn",
+                    "-sdrop_backend", "dense"],
+    "sdrop_compact": ["-encoder_type", "sdrop_brnn", "-decoder_type", "sdrop_rnn",
+                      "-sdrop_backend", "torch"],
+    # a few masks per batch: steps that share one are stacked into one GEMM
+    "sdrop_compact_m4": ["-encoder_type", "sdrop_brnn", "-decoder_type", "sdrop_rnn",
+                         "-sdrop_backend", "torch", "-sdrop_step_masks", "4"],
+}
+
+
+def build(args, vocab_size, seed):
+    parser = ArgumentParser()
+    train_opts(parser)
+    opt = parser.parse_known_args(["-data", "{}", "-src_vocab", "x", "-tgt_vocab", "x", *args])[0]
+    ArgumentParser.update_model_opts(opt)
+    ArgumentParser.validate_model_opts(opt)
+    specials = [DefaultTokens.UNK, DefaultTokens.PAD, DefaultTokens.BOS, DefaultTokens.EOS]
+    vocab = pyonmttok.build_vocab_from_tokens([f"w{i}" for i in range(vocab_size - 4)],
+                                              special_tokens=specials)
+    vocabs = {"src": vocab, "tgt": vocab, "data_task": ModelTask.SEQ2SEQ,
+              "decoder_start_token": DefaultTokens.BOS}
+    torch.manual_seed(seed)
+    model = build_model(opt, opt, vocabs, None, -1)
+    model.train()
+    return model
+
+
+def batches(n, batch, vocab, seed=0, mean_len=24):
+    """IWSLT-like batches: lengths around ``mean_len``; within a batch they are close, as after
+    OpenNMT-py's length bucketing."""
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(n):
+        center = float((torch.randn(1, generator=g) * 8 + mean_len).clamp(6, 50))
+        s_len = (torch.rand(batch, generator=g) * 4 - 2 + center).clamp(4, 60).long()
+        t_len = (s_len.float() * 1.05).long().clamp(4, 60)
+        S, T = int(s_len.max()), int(t_len.max()) + 1
+        src = torch.randint(4, vocab, (batch, S, 1), generator=g)
+        tgt = torch.randint(4, vocab, (batch, T, 1), generator=g)
+        for i in range(batch):
+            src[i, s_len[i]:] = 1
+            tgt[i, t_len[i] + 1:] = 1
+        out.append((src, tgt, s_len, int(t_len.sum())))
+    return out
+
+
+def train_step(model, optim, src, tgt, src_len):
+    out, _ = model(src, tgt, src_len)
+    logits = model.generator(out.reshape(-1, out.shape[-1]))
+    gold = tgt[:, 1:, 0].reshape(-1)
+    loss = torch.nn.functional.cross_entropy(logits, gold, ignore_index=1, reduction="sum")
+    optim.zero_grad(set_to_none=True)
+    (loss / src.shape[0]).backward()
+    optim.step()
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--steps", type=int, default=200, help="measured steps per model")
+    ap.add_argument("--warmup", type=int, default=5)
+    ap.add_argument("--round", type=int, default=5, help="steps per model before switching")
+    ap.add_argument("--hidden", type=int, default=500)
+    ap.add_argument("--layers", type=int, default=2)
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--vocab", type=int, default=10000)
+    ap.add_argument("--dropout", type=float, default=0.3)
+    ap.add_argument("--threads", type=int, default=torch.get_num_threads())
+    ap.add_argument("--out", default=None, help="JSON path (default bench/results/cpu-<date>.json)")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    common = ["-layers", str(args.layers), "-hidden_size", str(args.hidden), "-word_vec_size",
+              str(args.hidden), "-dropout", str(args.dropout), "-global_attention", "general",
+              "-input_feed", "1"]
+    models = {name: build(common + extra, args.vocab, seed=1) for name, extra in VARIANTS.items()}
+    for m in list(models.values())[1:]:
+        torch.nn.Module.load_state_dict(m, models["stock"].state_dict())
+    optims = {n: torch.optim.SGD(m.parameters(), lr=0.1) for n, m in models.items()}
+    data = batches(args.round * 4, args.batch, args.vocab)
+    tokens = {n: 0 for n in models}
+    seconds = {n: 0.0 for n in models}
+    for name, m in models.items():                      # warm-up
+        for src, tgt, sl, _ in data[: args.warmup]:
+            train_step(m, optims[name], src, tgt, sl)
+    done, i = 0, 0
+    while done < args.steps:
+        n = min(args.round, args.steps - done)
+        for name, m in models.items():
+            for k in range(n):
+                src, tgt, sl, ntok = data[(i + k) % len(data)]
+                t0 = time.perf_counter()
+                train_step(m, optims[name], src, tgt, sl)
+                seconds[name] += time.perf_counter() - t0
+                tokens[name] += ntok
+        done += n
+        i += n
+        rates = {k: tokens[k] / seconds[k] for k in models}
+        print(f"step {done}/{args.steps}: " + ", ".join(f"{k} {v:.0f} tok/s" for k, v in
+                                                      rates.items()), flush=True)
+    tok_s = {k: round(tokens[k] / seconds[k], 1) for k in models}
+    result = {
+        "device": f"CPU {platform.processor() or platform.machine()}, {torch.get_num_threads()} "
+                  "threads",
+        "torch": torch.__version__,
+        "date": dt.date.today().isoformat(),
+        "config": {"layers": args.layers, "hidden": args.hidden, "batch_sents": args.batch,
+                   "vocab": args.vocab, "dropout": args.dropout, "measured_steps": args.steps,
+                   "warmup_steps": args.warmup, "mean_len": 24, "encoder": "brnn/sdrop_brnn",
+                   "decoder": "input-feed rnn, general attention",
+                   "command": "python bench/cpu_bench.py " + " ".join(sys.argv[1:])},
+        "tok_s": tok_s,
+        "ratios": {"compact_vs_dense": round(tok_s["sdrop_compact"] / tok_s["sdrop_dense"], 3),
+                   "compact_vs_stock": round(tok_s["sdrop_compact"] / tok_s["stock"], 3),
+                   "dense_vs_stock": round(tok_s["sdrop_dense"] / tok_s["stock"], 3),
+                   "compact_m4_vs_dense": round(tok_s["sdrop_compact_m4"] / tok_s["sdrop_dense"], 3),
+                   "compact_m4_vs_stock": round(tok_s["sdrop_compact_m4"] / tok_s["stock"], 3)},
+    }
+    out = Path(args.out or Path(__file__).parent / "results" / f"cpu-{result['date']}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result["tok_s"]), json.dumps(result["ratios"]))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
