@@ -58,7 +58,7 @@ def build(args, vocab_size, seed):
     return model
 
 
-def batches(n, batch, vocab, seed=0, mean_len=24):
+def batches(n, batch, vocab, seed=0, mean_len=24, device="cpu"):
     """IWSLT-like batches: lengths around ``mean_len``; within a batch they are close, as after
     OpenNMT-py's length bucketing."""
     g = torch.Generator().manual_seed(seed)
@@ -73,18 +73,57 @@ def batches(n, batch, vocab, seed=0, mean_len=24):
         for i in range(batch):
             src[i, s_len[i]:] = 1
             tgt[i, t_len[i] + 1:] = 1
-        out.append((src, tgt, s_len, int(t_len.sum())))
+        out.append((src.to(device), tgt.to(device), s_len.to(device), int(t_len.sum())))
     return out
 
 
-def train_step(model, optim, src, tgt, src_len):
-    out, _ = model(src, tgt, src_len)
-    logits = model.generator(out.reshape(-1, out.shape[-1]))
+def train_step(model, optim, src, tgt, src_len, amp=False):
+    with torch.autocast(src.device.type, dtype=torch.float16, enabled=amp):
+        out, _ = model(src, tgt, src_len)
+        logits = model.generator(out.reshape(-1, out.shape[-1]))
     gold = tgt[:, 1:, 0].reshape(-1)
-    loss = torch.nn.functional.cross_entropy(logits, gold, ignore_index=1, reduction="sum")
+    loss = torch.nn.functional.cross_entropy(logits.float(), gold, ignore_index=1,
+                                             reduction="sum")
     optim.zero_grad(set_to_none=True)
     (loss / src.shape[0]).backward()
     optim.step()
+
+
+def measure(variants, *, hidden, layers, batch, vocab, dropout, steps, warmup, rnd,
+            device="cpu", amp=False, log=print):
+    """tgt tok/s of each variant (name -> extra options), same weights and batches, interleaved."""
+    common = ["-layers", str(layers), "-hidden_size", str(hidden), "-word_vec_size", str(hidden),
+              "-dropout", str(dropout), "-global_attention", "general", "-input_feed", "1"]
+    models = {name: build(common + extra, vocab, seed=1).to(device)
+              for name, extra in variants.items()}
+    first = next(iter(models.values()))
+    for m in list(models.values())[1:]:
+        torch.nn.Module.load_state_dict(m, first.state_dict())
+    optims = {n: torch.optim.SGD(m.parameters(), lr=0.1) for n, m in models.items()}
+    data = batches(rnd * 4, batch, vocab, device=device)
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    tokens = {n: 0 for n in models}
+    seconds = {n: 0.0 for n in models}
+    for name, m in models.items():
+        for src, tgt, sl, _ in data[:warmup]:
+            train_step(m, optims[name], src, tgt, sl, amp)
+    done, i = 0, 0
+    while done < steps:
+        n = min(rnd, steps - done)
+        for name, m in models.items():
+            sync()
+            t0 = time.perf_counter()
+            for k in range(n):
+                src, tgt, sl, ntok = data[(i + k) % len(data)]
+                train_step(m, optims[name], src, tgt, sl, amp)
+                tokens[name] += ntok
+            sync()
+            seconds[name] += time.perf_counter() - t0
+        done += n
+        i += n
+        log(f"step {done}/{steps}: " + ", ".join(f"{k} {tokens[k] / seconds[k]:.0f} tok/s"
+                                                 for k in models))
+    return {k: round(tokens[k] / seconds[k], 1) for k in models}
 
 
 def main(argv=None):
@@ -101,35 +140,9 @@ def main(argv=None):
     ap.add_argument("--out", default=None, help="JSON path (default bench/results/cpu-<date>.json)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
-    common = ["-layers", str(args.layers), "-hidden_size", str(args.hidden), "-word_vec_size",
-              str(args.hidden), "-dropout", str(args.dropout), "-global_attention", "general",
-              "-input_feed", "1"]
-    models = {name: build(common + extra, args.vocab, seed=1) for name, extra in VARIANTS.items()}
-    for m in list(models.values())[1:]:
-        torch.nn.Module.load_state_dict(m, models["stock"].state_dict())
-    optims = {n: torch.optim.SGD(m.parameters(), lr=0.1) for n, m in models.items()}
-    data = batches(args.round * 4, args.batch, args.vocab)
-    tokens = {n: 0 for n in models}
-    seconds = {n: 0.0 for n in models}
-    for name, m in models.items():                      # warm-up
-        for src, tgt, sl, _ in data[: args.warmup]:
-            train_step(m, optims[name], src, tgt, sl)
-    done, i = 0, 0
-    while done < args.steps:
-        n = min(args.round, args.steps - done)
-        for name, m in models.items():
-            for k in range(n):
-                src, tgt, sl, ntok = data[(i + k) % len(data)]
-                t0 = time.perf_counter()
-                train_step(m, optims[name], src, tgt, sl)
-                seconds[name] += time.perf_counter() - t0
-                tokens[name] += ntok
-        done += n
-        i += n
-        rates = {k: tokens[k] / seconds[k] for k in models}
-        print(f"step {done}/{args.steps}: " + ", ".join(f"{k} {v:.0f} tok/s" for k, v in
-                                                      rates.items()), flush=True)
-    tok_s = {k: round(tokens[k] / seconds[k], 1) for k in models}
+    tok_s = measure(VARIANTS, hidden=args.hidden, layers=args.layers, batch=args.batch,
+                    vocab=args.vocab, dropout=args.dropout, steps=args.steps,
+                    warmup=args.warmup, rnd=args.round, log=lambda m: print(m, flush=True))
     result = {
         "device": f"CPU {platform.processor() or platform.machine()}, {torch.get_num_threads()} "
                   "threads",

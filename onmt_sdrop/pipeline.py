@@ -102,7 +102,7 @@ PROFILES = {
                     600, 100),
     # tests: seconds
     "tiny": Profile("tiny", _COMMON + ("-layers", "1", "-hidden_size", "16", "-word_vec_size",
-                                       "16", "-batch_size", "16", "-report_every", "5"), 10, 10,
+                                       "16", "-batch_size", "16", "-report_every", "5"), 10, 5,
                     {"train": ("train", 0, 200), "valid": ("valid", 0, 40),
                      "test": ("test", 0, 8)}, spm_vocab=300),
 }

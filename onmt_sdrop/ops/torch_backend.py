@@ -31,9 +31,51 @@ def scatter(xc: torch.Tensor, mask: StepMask) -> torch.Tensor:
     return xc.new_zeros(g, b, mask.size).scatter(2, idx, xc)
 
 
-def permute_weight(w: torch.Tensor, mask: StepMask, dim: int) -> torch.Tensor:
-    """``w`` with its ``dim`` axis in extended permuted order (``H + kmax`` long). Differentiable."""
-    return w.index_select(dim, mask.ext_perm())
+class WindowedWeight:
+    """A weight with one axis in extended permuted order (``H + kmax`` long), for one batch.
+
+    Every group reads its kept slice of ``ext``; the ops add their weight gradients into one
+    buffer (``grad``) instead of returning a full-size gradient per call, and :class:`_Fold` hands
+    the folded sum to the real parameter once, after the last of them (autograd runs a node's
+    backward only when every consumer of its output has run). Per-step callers (the input-fed
+    decoder) thus write only the kept slices, never a full weight-sized buffer per step.
+    """
+
+    def __init__(self, w: torch.Tensor, mask: StepMask, dim: int):
+        self.index = mask.ext_perm().to(w.device)
+        self.dim = dim
+        self.ext = w.detach().index_select(dim, self.index)
+        self.grad = None
+        self.token = _Fold.apply(w, self)
+
+    def grad_buffer(self, dtype=None) -> torch.Tensor:
+        if self.grad is None:
+            self.grad = torch.zeros(self.ext.shape, dtype=dtype or self.ext.dtype,
+                                    device=self.ext.device)
+        return self.grad
+
+
+class _Fold(Function):
+    @staticmethod
+    def forward(ctx, w, ww):
+        ctx.ww = ww
+        ctx.shape, ctx.dtype = w.shape, w.dtype
+        return w.new_zeros(())
+
+    @staticmethod
+    def backward(ctx, _):
+        ww = ctx.ww
+        if ww.grad is None:
+            return None, None
+        dw = torch.zeros(ctx.shape, dtype=ctx.dtype, device=ww.grad.device)
+        dw.index_add_(ww.dim, ww.index, ww.grad.to(ctx.dtype))
+        ww.grad = None
+        return dw, None
+
+
+def permute_weight(w: torch.Tensor, mask: StepMask, dim: int) -> WindowedWeight:
+    """``w`` prepared for the windows of ``mask`` along axis ``dim`` (once per batch)."""
+    return WindowedWeight(w, mask, dim)
 
 
 # ---------------------------------------------------------------- grouped GEMMs
@@ -73,7 +115,8 @@ class _CompactMatmul(Function):
     """Consumer: ``Y_g = X_g[:, K_g] @ W[:, K_g]^T`` on compact input."""
 
     @staticmethod
-    def forward(ctx, xc, w_ext, mask):
+    def forward(ctx, xc, token, ww, mask):
+        w_ext = ww.ext
         groups = _window_groups(mask)
         g, b, _ = xc.shape
         covered = sum(g if gs is None else len(gs) for _, k, gs in groups if k)
@@ -81,15 +124,16 @@ class _CompactMatmul(Function):
         for o, k, gs in groups:
             if k:
                 _put(y, gs, w_ext.shape[0], _rows(xc, gs, k) @ w_ext[:, o:o + k].t())
-        ctx.groups = groups
-        ctx.save_for_backward(xc, w_ext)
+        ctx.groups, ctx.ww = groups, ww
+        ctx.save_for_backward(xc)
         return y
 
     @staticmethod
     def backward(ctx, dy):
-        xc, w_ext = ctx.saved_tensors
+        xc, = ctx.saved_tensors
+        w_ext = ctx.ww.ext
         dxc = torch.zeros_like(xc) if ctx.needs_input_grad[0] else None
-        dw = torch.zeros_like(w_ext) if ctx.needs_input_grad[1] else None
+        dw = ctx.ww.grad_buffer() if ctx.needs_input_grad[1] else None
         for o, k, gs in ctx.groups:
             if k == 0:
                 continue
@@ -98,34 +142,40 @@ class _CompactMatmul(Function):
                 _put(dxc, gs, k, d @ w_ext[:, o:o + k])
             if dw is not None:
                 dw[:, o:o + k].addmm_(d.t(), _rows(xc, gs, k))
-        return dxc, dw, None
+        return dxc, _token_grad(ctx), None, None
 
 
-def compact_matmul(xc: torch.Tensor, w_ext: torch.Tensor, mask: StepMask) -> torch.Tensor:
+def _token_grad(ctx):
+    return ctx.ww.token.new_zeros(()) if ctx.needs_input_grad[1] else None
+
+
+def compact_matmul(xc: torch.Tensor, ww: WindowedWeight, mask: StepMask) -> torch.Tensor:
     """Consumer GEMM on compact input: ``(G, B, kmax) x (Out, H+kmax) -> (G, B, Out)``."""
-    return _CompactMatmul.apply(xc, w_ext, mask)
+    return _CompactMatmul.apply(xc, ww.token, ww, mask)
 
 
 class _MatmulCompact(Function):
     """Producer: ``Y_g[:, K_g] = X_g @ W[K_g, :]^T``, the kept output columns only."""
 
     @staticmethod
-    def forward(ctx, x, w_ext, mask):
+    def forward(ctx, x, token, ww, mask):
+        w_ext = ww.ext
         groups = _window_groups(mask)
         g, b, _ = x.shape
         yc = x.new_zeros(g, b, mask.kmax)
         for o, k, gs in groups:
             if k:
                 _put(yc, gs, k, _rows(x, gs) @ w_ext[o:o + k].t())
-        ctx.groups = groups
-        ctx.save_for_backward(x, w_ext)
+        ctx.groups, ctx.ww = groups, ww
+        ctx.save_for_backward(x)
         return yc
 
     @staticmethod
     def backward(ctx, dyc):
-        x, w_ext = ctx.saved_tensors
+        x, = ctx.saved_tensors
+        w_ext = ctx.ww.ext
         dx = torch.zeros_like(x) if ctx.needs_input_grad[0] else None
-        dw = torch.zeros_like(w_ext) if ctx.needs_input_grad[1] else None
+        dw = ctx.ww.grad_buffer() if ctx.needs_input_grad[1] else None
         for o, k, gs in ctx.groups:
             if k == 0:
                 continue
@@ -134,12 +184,12 @@ class _MatmulCompact(Function):
                 _put(dx, gs, x.shape[-1], d @ w_ext[o:o + k])
             if dw is not None:
                 dw[o:o + k].addmm_(d.t(), _rows(x, gs))
-        return dx, dw, None
+        return dx, _token_grad(ctx), None, None
 
 
-def matmul_compact(x: torch.Tensor, w_ext: torch.Tensor, mask: StepMask) -> torch.Tensor:
+def matmul_compact(x: torch.Tensor, ww: WindowedWeight, mask: StepMask) -> torch.Tensor:
     """Producer GEMM, kept output columns only: ``(G, B, In) x (H+kmax, In) -> (G, B, kmax)``."""
-    return _MatmulCompact.apply(x, w_ext, mask)
+    return _MatmulCompact.apply(x, ww.token, ww, mask)
 
 
 # ---------------------------------------------------------------- LSTM recurrence (dense W_hh, fused point-wise)

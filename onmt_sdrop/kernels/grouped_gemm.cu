@@ -1,0 +1,117 @@
+// Grouped GEMMs over kept-unit windows, one launch for all groups (time steps).
+//
+// A window is a contiguous column (or row) range [off[g], off[g] + cnt[g]) of a weight whose
+// axis was permuted once per batch ("ext" layout, see onmt_sdrop/ops/torch_backend.py), so every
+// group reads its kept weights with plain strided loads. Compact activations are (G, B, kmax).
+//
+//   consumer_fwd : Y[g]          (B x N)  = Xc[g][:, :k]      (B x k) * W[:, o:o+k]^T
+//   consumer_dx  : dXc[g][:, :k] (B x k)  = dY[g]             (B x N) * W[:, o:o+k]
+//   consumer_dw  : dW[:, o:o+k]  (N x k) += dY[g]^T           (N x B) * Xc[g][:, :k]
+//   producer_fwd : Yc[g][:, :k]  (B x k)  = X[g]              (B x I) * W[o:o+k, :]^T
+//   producer_dx  : dX[g]         (B x I)  = dYc[g][:, :k]     (B x k) * W[o:o+k, :]
+//   producer_dw  : dW[o:o+k, :]  (k x I) += dYc[g][:, :k]^T   (k x B) * X[g]
+//
+// All six are one tiled kernel, C_g = A_g * B_g with per-group extents and strides; the weight
+// gradients accumulate with atomicAdd because windows of different groups overlap. Inputs are
+// float or half (T), accumulation and weight gradients are float.
+#include <cuda_fp16.h>
+
+#define TILE 32
+#define SUB 8   // each thread computes SUB outputs along the tile's rows
+
+template <typename T> __device__ __forceinline__ float to_f(T v);
+template <> __device__ __forceinline__ float to_f<float>(float v) { return v; }
+template <> __device__ __forceinline__ float to_f<__half>(__half v) { return __half2float(v); }
+template <typename T> __device__ __forceinline__ T from_f(float v);
+template <> __device__ __forceinline__ float from_f<float>(float v) { return v; }
+template <> __device__ __forceinline__ __half from_f<__half>(float v) { return __float2half(v); }
+
+// Element (r, c) of a matrix given its base pointer and (row, column) strides in elements.
+struct View {
+    long long base, rs, cs;
+};
+
+// C[g] (M x N) (+)= A[g] (M x K) * B[g] (K x N); extents may depend on the group's count k.
+// mode bit 0/1/2: M, N or K equals the group's count (otherwise m_full / n_full / k_full).
+// Pointers: A/B/C bases per group = base + g * gstride + off[g] * ostride (see launcher).
+template <typename TA, typename TB, typename TC, bool ACCUM>
+__device__ void grouped_gemm_tile(const TA* __restrict__ A, const TB* __restrict__ B, TC* C,
+                                  const long long* __restrict__ off, const long long* __restrict__ cnt,
+                                  int mode, int m_full, int n_full, int k_full,
+                                  long long a_g, long long a_o, long long a_rs, long long a_cs,
+                                  long long b_g, long long b_o, long long b_rs, long long b_cs,
+                                  long long c_g, long long c_o, long long c_rs, long long c_cs) {
+    const int g = blockIdx.z;
+    const int k_g = (int)cnt[g];
+    const long long o = off[g];
+    const int M = (mode & 1) ? k_g : m_full;
+    const int N = (mode & 2) ? k_g : n_full;
+    const int K = (mode & 4) ? k_g : k_full;
+    const int row0 = blockIdx.y * TILE, col0 = blockIdx.x * TILE;
+    if (row0 >= M || col0 >= N || K == 0) return;
+    const TA* a = A + g * a_g + o * a_o;
+    const TB* b = B + g * b_g + o * b_o;
+    TC* c = C + g * c_g + o * c_o;
+
+    __shared__ float As[TILE][TILE + 1];
+    __shared__ float Bs[TILE][TILE + 1];
+    const int tx = threadIdx.x;          // 0..TILE-1: column within the tile
+    const int ty = threadIdx.y;          // 0..TILE/SUB-1: row group within the tile
+    float acc[SUB];
+#pragma unroll
+    for (int s = 0; s < SUB; ++s) acc[s] = 0.f;
+
+    for (int k0 = 0; k0 < K; k0 += TILE) {
+#pragma unroll
+        for (int s = 0; s < SUB; ++s) {
+            const int r = ty * SUB + s;
+            const int ar = row0 + r, ak = k0 + tx;
+            As[r][tx] = (ar < M && ak < K) ? to_f(a[ar * a_rs + ak * a_cs]) : 0.f;
+            const int bk = k0 + r, bc = col0 + tx;
+            Bs[r][tx] = (bk < K && bc < N) ? to_f(b[bk * b_rs + bc * b_cs]) : 0.f;
+        }
+        __syncthreads();
+#pragma unroll 8
+        for (int kk = 0; kk < TILE; ++kk) {
+            const float bv = Bs[kk][tx];
+#pragma unroll
+            for (int s = 0; s < SUB; ++s) acc[s] += As[ty * SUB + s][kk] * bv;
+        }
+        __syncthreads();
+    }
+#pragma unroll
+    for (int s = 0; s < SUB; ++s) {
+        const int r = row0 + ty * SUB + s, cc = col0 + tx;
+        if (r < M && cc < N) {
+            TC* p = c + r * c_rs + cc * c_cs;
+            if (ACCUM) atomicAdd((float*)p, acc[s]);
+            else *p = from_f<TC>(acc[s]);
+        }
+    }
+}
+
+#define GROUPED_GEMM_ARGS                                                                        \
+    const long long *off, const long long *cnt, int mode, int m_full, int n_full, int k_full,      \
+    long long a_g, long long a_o, long long a_rs, long long a_cs, long long b_g, long long b_o,    \
+    long long b_rs, long long b_cs, long long c_g, long long c_o, long long c_rs, long long c_cs
+#define GROUPED_GEMM_PASS off, cnt, mode, m_full, n_full, k_full, a_g, a_o, a_rs, a_cs, b_g, b_o, \
+    b_rs, b_cs, c_g, c_o, c_rs, c_cs
+
+// Activations x weights -> activations (forward and dX): C has the inputs' type.
+extern "C" __global__ void grouped_gemm_f32(const float* A, const float* B, float* C,
+                                            GROUPED_GEMM_ARGS) {
+    grouped_gemm_tile<float, float, float, false>(A, B, C, GROUPED_GEMM_PASS);
+}
+extern "C" __global__ void grouped_gemm_f16(const __half* A, const __half* B, __half* C,
+                                            GROUPED_GEMM_ARGS) {
+    grouped_gemm_tile<__half, __half, __half, false>(A, B, C, GROUPED_GEMM_PASS);
+}
+// Weight gradients: float accumulation across the overlapping windows of all groups.
+extern "C" __global__ void grouped_gemm_acc_f32(const float* A, const float* B, float* C,
+                                                GROUPED_GEMM_ARGS) {
+    grouped_gemm_tile<float, float, float, true>(A, B, C, GROUPED_GEMM_PASS);
+}
+extern "C" __global__ void grouped_gemm_acc_f16(const __half* A, const __half* B, float* C,
+                                                GROUPED_GEMM_ARGS) {
+    grouped_gemm_tile<__half, __half, float, true>(A, B, C, GROUPED_GEMM_PASS);
+}

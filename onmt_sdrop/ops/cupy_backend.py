@@ -1,0 +1,237 @@
+"""CUDA backend: the grouped window GEMMs and the fused LSTM step as CuPy RawKernels.
+
+Same contracts as :mod:`onmt_sdrop.ops.torch_backend` (and tested against it). Each compacted
+GEMM is ONE launch for all groups (``grid.z`` = groups), reading its kept weights as a contiguous
+window of the weight permuted once per batch; weight gradients accumulate in float32. The
+recurrence keeps its dense ``h W_hh^T`` on cuBLAS (through torch) and fuses the point-wise LSTM
+math, forward and backward, into one kernel per step. Kernel sources: ``onmt_sdrop/kernels/*.cu``.
+"""
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import torch
+from torch.autograd import Function
+
+from ..masks import StepMask
+from . import torch_backend
+
+KERNELS = Path(__file__).resolve().parents[1] / "kernels"
+TILE, ROWS_PER_THREAD = 32, 8
+
+# gather/scatter/permute are index copies that torch already does well on the GPU
+gather = torch_backend.gather
+scatter = torch_backend.scatter
+permute_weight = torch_backend.permute_weight
+
+
+@functools.lru_cache(maxsize=None)
+def _module(name: str):
+    import cupy
+
+    src = (KERNELS / f"{name}.cu").read_text()
+    return cupy.RawModule(code=src, options=("--std=c++17",), name_expressions=None)
+
+
+def _kernel(module: str, fn: str):
+    return _module(module).get_function(fn)
+
+
+def _suffix(dtype) -> str:
+    if dtype == torch.float32:
+        return "f32"
+    if dtype == torch.float16:
+        return "f16"
+    raise TypeError(f"the CUDA backend supports float32 and float16, not {dtype}")
+
+
+def _stream():
+    import cupy
+
+    return cupy.cuda.ExternalStream(torch.cuda.current_stream().cuda_stream)
+
+
+def _ptr(t: torch.Tensor):
+    import cupy
+
+    return cupy.uint64(t.data_ptr())
+
+
+def _windows(mask: StepMask, device):
+    return mask.offsets.to(device=device, dtype=torch.long).contiguous(), \
+        mask.counts.to(device=device, dtype=torch.long).contiguous()
+
+
+def _grouped_gemm(a, b, c, mask, *, mode, m, n, k, a_s, b_s, c_s, accumulate=False):
+    """C_g (M x N) (+)= A_g (M x K) B_g (K x N) for every group g, in one launch.
+
+    ``*_s`` = (group stride, window-offset stride, row stride, column stride) in elements;
+    ``mode`` bits 1/2/4: M/N/K is the group's kept count (m/n/k give the maximum otherwise)."""
+    import cupy
+
+    off, cnt = _windows(mask, a.device)
+    kmax = mask.kmax
+    rows = kmax if mode & 1 else m
+    cols = kmax if mode & 2 else n
+    grid = ((cols + TILE - 1) // TILE, (rows + TILE - 1) // TILE, mask.groups)
+    name = ("grouped_gemm_acc_" if accumulate else "grouped_gemm_") + _suffix(a.dtype)
+    args = [_ptr(a), _ptr(b), _ptr(c), _ptr(off), _ptr(cnt), cupy.int32(mode), cupy.int32(m),
+            cupy.int32(n), cupy.int32(k)]
+    args += [cupy.int64(v) for v in (*a_s, *b_s, *c_s)]
+    with _stream():
+        _kernel("grouped_gemm", name)(grid, (TILE, TILE // ROWS_PER_THREAD), tuple(args))
+
+
+class _CompactMatmul(Function):
+    @staticmethod
+    def forward(ctx, xc, token, ww, mask):
+        xc = xc.contiguous()
+        w = ww.ext.to(xc.dtype)
+        g, b, kmax = xc.shape
+        n = w.shape[0]
+        y = xc.new_zeros(g, b, n)
+        ws = w.stride(0)
+        _grouped_gemm(xc, w, y, mask, mode=4, m=b, n=n, k=kmax,
+                      a_s=(b * kmax, 0, kmax, 1), b_s=(0, 1, 1, ws), c_s=(b * n, 0, n, 1))
+        ctx.mask, ctx.ww = mask, ww
+        ctx.save_for_backward(xc, w)
+        return y
+
+    @staticmethod
+    def backward(ctx, dy):
+        xc, w = ctx.saved_tensors
+        dy = dy.contiguous().to(xc.dtype)
+        g, b, kmax = xc.shape
+        n, ws = w.shape[0], w.stride(0)
+        dxc = dw = None
+        if ctx.needs_input_grad[0]:
+            dxc = torch.zeros_like(xc)
+            _grouped_gemm(dy, w, dxc, ctx.mask, mode=2, m=b, n=kmax, k=n,
+                          a_s=(b * n, 0, n, 1), b_s=(0, 1, ws, 1), c_s=(b * kmax, 0, kmax, 1))
+        if ctx.needs_input_grad[1]:
+            dw = ctx.ww.grad_buffer(torch.float32)   # float accumulation across all calls
+            _grouped_gemm(dy, xc, dw, ctx.mask, mode=2, m=n, n=kmax, k=b,
+                          a_s=(b * n, 0, 1, n), b_s=(b * kmax, 0, kmax, 1),
+                          c_s=(0, 1, dw.stride(0), 1), accumulate=True)
+        return dxc, _token_grad(ctx), None, None
+
+
+def _token_grad(ctx):
+    return ctx.ww.token.new_zeros(()) if ctx.needs_input_grad[1] else None
+
+
+def compact_matmul(xc: torch.Tensor, ww, mask: StepMask) -> torch.Tensor:
+    return _CompactMatmul.apply(xc, ww.token, ww, mask)
+
+
+class _MatmulCompact(Function):
+    @staticmethod
+    def forward(ctx, x, token, ww, mask):
+        x = x.contiguous()
+        w = ww.ext.to(x.dtype)
+        g, b, i = x.shape
+        kmax, ws = mask.kmax, w.stride(0)
+        yc = x.new_zeros(g, b, kmax)
+        _grouped_gemm(x, w, yc, mask, mode=2, m=b, n=kmax, k=i,
+                      a_s=(b * i, 0, i, 1), b_s=(0, ws, 1, ws), c_s=(b * kmax, 0, kmax, 1))
+        ctx.mask, ctx.ww = mask, ww
+        ctx.save_for_backward(x, w)
+        return yc
+
+    @staticmethod
+    def backward(ctx, dyc):
+        x, w = ctx.saved_tensors
+        dyc = dyc.contiguous().to(x.dtype)
+        g, b, i = x.shape
+        kmax, ws = ctx.mask.kmax, w.stride(0)
+        dx = dw = None
+        if ctx.needs_input_grad[0]:
+            dx = torch.zeros_like(x)
+            _grouped_gemm(dyc, w, dx, ctx.mask, mode=4, m=b, n=i, k=kmax,
+                          a_s=(b * kmax, 0, kmax, 1), b_s=(0, ws, ws, 1), c_s=(b * i, 0, i, 1))
+        if ctx.needs_input_grad[1]:
+            dw = ctx.ww.grad_buffer(torch.float32)
+            _grouped_gemm(dyc, x, dw, ctx.mask, mode=1, m=kmax, n=i, k=b,
+                          a_s=(b * kmax, 0, 1, kmax), b_s=(b * i, 0, i, 1),
+                          c_s=(0, dw.stride(0), dw.stride(0), 1), accumulate=True)
+        return dx, _token_grad(ctx), None, None
+
+
+def matmul_compact(x: torch.Tensor, ww, mask: StepMask) -> torch.Tensor:
+    return _MatmulCompact.apply(x, ww.token, ww, mask)
+
+
+def _launch_pointwise(fn: str, dtype, numel: int, args):
+    import cupy
+
+    threads = 256
+    with _stream():
+        _kernel("lstm_pointwise", f"{fn}_{_suffix(dtype)}")(
+            ((numel + threads - 1) // threads,), (threads,), tuple(args))
+
+
+class _LSTMSequence(Function):
+    """Same math as the torch backend's: cuBLAS for ``h W_hh^T``, one fused kernel per step."""
+
+    @staticmethod
+    def forward(ctx, gx, w_hh, h0, c0, valid):
+        import cupy
+
+        steps, d, b, four_h = gx.shape
+        h = four_h // 4
+        rows = d * b
+        w_t = w_hh.transpose(1, 2)
+        acts = gx.new_empty(steps, d, b, four_h)
+        c_new = gx.new_empty(steps, d, b, h)
+        hs = gx.new_empty(steps + 1, d, b, h)
+        cs = gx.new_empty(steps + 1, d, b, h)
+        outs = gx.new_empty(steps, d, b, h)
+        hs[0], cs[0] = h0, c0
+        v = None if valid is None else valid.to(torch.uint8).expand(steps, d, b, 1).contiguous()
+        for t in range(steps):
+            gates = torch.baddbmm(gx[t], hs[t], w_t).contiguous()
+            _launch_pointwise("lstm_fwd", gx.dtype, rows * h, [
+                _ptr(gates), _ptr(cs[t]), _ptr(hs[t]),
+                cupy.uint64(0) if v is None else _ptr(v[t]),
+                _ptr(acts[t]), _ptr(c_new[t]), _ptr(cs[t + 1]), _ptr(hs[t + 1]), _ptr(outs[t]),
+                cupy.int32(rows), cupy.int32(h)])
+        ctx.save_for_backward(w_hh, acts, c_new, cs, hs,
+                              v if v is not None else torch.empty(0, device=gx.device))
+        ctx.has_valid = valid is not None
+        return outs, hs[steps].clone(), cs[steps].clone()
+
+    @staticmethod
+    def backward(ctx, d_outs, d_hT, d_cT):
+        import cupy
+
+        w_hh, acts, c_new, cs, hs, v = ctx.saved_tensors
+        steps, d, b, four_h = acts.shape
+        h = four_h // 4
+        rows = d * b
+        dh = torch.zeros(d, b, h, dtype=torch.float32, device=acts.device)
+        dc = torch.zeros_like(dh)
+        if d_hT is not None:
+            dh += d_hT
+        if d_cT is not None:
+            dc += d_cT
+        d_outs = None if d_outs is None else d_outs.contiguous().to(acts.dtype)
+        dgates = torch.empty_like(acts)
+        for t in range(steps - 1, -1, -1):
+            _launch_pointwise("lstm_bwd", acts.dtype, rows * h, [
+                _ptr(acts[t]), _ptr(c_new[t]), _ptr(cs[t]),
+                cupy.uint64(0) if not ctx.has_valid else _ptr(v[t]),
+                cupy.uint64(0) if d_outs is None else _ptr(d_outs[t]),
+                _ptr(dh), _ptr(dc), _ptr(dgates[t]), cupy.int32(rows), cupy.int32(h)])
+            dh += torch.bmm(dgates[t], w_hh.to(acts.dtype)).float()
+        d_whh = None
+        if ctx.needs_input_grad[1]:
+            dg_all = dgates.permute(1, 3, 0, 2).reshape(d, four_h, -1)
+            hp_all = hs[:steps].permute(1, 0, 2, 3).reshape(d, -1, h)
+            d_whh = torch.bmm(dg_all, hp_all).to(w_hh.dtype)
+        return dgates, d_whh, dh.to(hs.dtype), dc.to(cs.dtype), None
+
+
+def lstm_sequence(gx, w_hh, h0, c0, valid=None):
+    v = None if valid is None else valid[:, None, :, None]
+    return _LSTMSequence.apply(gx.contiguous(), w_hh, h0.contiguous(), c0.contiguous(), v)

@@ -1,0 +1,123 @@
+"""The CUDA backend: every .cu compiles with nvcc (any machine); kernels and a full model match
+the torch backend (GPU machines only, skipped without CUDA and CuPy)."""
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import batch, build, copy_weights, grads, loss_of
+from onmt_sdrop.masks import StepMask, sample_step_mask
+from onmt_sdrop.ops import cupy_available, torch_backend
+
+KERNELS = sorted((Path(__file__).resolve().parents[1] / "onmt_sdrop" / "kernels").glob("*.cu"))
+NVCC = shutil.which("nvcc")
+
+
+def test_kernel_sources_exist():
+    assert {p.name for p in KERNELS} >= {"grouped_gemm.cu", "lstm_pointwise.cu"}
+
+
+@pytest.mark.skipif(NVCC is None, reason="nvcc is not installed on this machine")
+@pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
+@pytest.mark.parametrize("src", KERNELS, ids=lambda p: p.name)
+def test_cuda_sources_compile(src, arch, tmp_path):
+    proc = subprocess.run([NVCC, "-c", f"-arch={arch}", "-std=c++17", "-Werror",
+                           "all-warnings", str(src), "-o", str(tmp_path / "k.o")],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+
+
+GPU = cupy_available()[0]
+gpu = pytest.mark.skipif(not GPU, reason="needs a CUDA GPU and CuPy")
+
+
+def _cuda_ops():
+    from onmt_sdrop.ops import cupy_backend
+
+    return cupy_backend
+
+
+def _masks(size, groups):
+    torch.manual_seed(size)
+    yield sample_step_mask(groups, size, 0.3)
+    yield sample_step_mask(groups, size, 0.5, count="bernoulli")
+    yield sample_step_mask(groups, size, 0.3, distinct=2)
+    perm = torch.randperm(size)
+    yield StepMask(perm, torch.tensor([0, 3, size - 1]), torch.tensor([size, 0, 1]),
+                   torch.tensor([1.0, 1.0, float(size)]), size, size)   # all kept, none, one
+
+
+@gpu
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-4), (torch.float16, 2e-2)])
+@pytest.mark.parametrize("size,out,b", [(37, 53, 5), (500, 2000, 64), (64, 10, 1)])
+def test_grouped_gemms_match_torch_backend(dtype, tol, size, out, b):
+    """Consumer GEMM, dX and dW: CUDA kernels (fp32 or fp16 inputs, float accumulation) against
+    the torch backend in float32, on strided inputs and all-kept / none-kept groups."""
+    cu = _cuda_ops()
+    for m in _masks(size, 3 if size == 37 else 7):
+        m = m.to("cuda")
+        x = torch.randn(m.groups, b, size * 2, device="cuda").to(dtype)[..., ::2]  # strided
+        w = torch.randn(out, size, device="cuda", requires_grad=True)
+        res = []
+        for ops, xin in ((torch_backend, x.float()), (cu, x)):
+            xr = xin.detach().clone().requires_grad_(True)
+            y = ops.compact_matmul(ops.gather(xr, m), ops.permute_weight(w, m, 1), m).float()
+            weights = torch.linspace(-1, 1, y.numel(), device="cuda").view_as(y)
+            (y * weights).sum().backward()
+            res.append((y, xr.grad.float(), w.grad.clone()))
+            w.grad = None
+        for got, want in zip(res[1], res[0]):
+            scale = max(1.0, want.abs().max().item())
+            torch.testing.assert_close(got, want, rtol=tol, atol=tol * scale)
+
+
+@gpu
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-4)])
+def test_producer_and_lstm_match_torch_backend(dtype, tol):
+    cu = _cuda_ops()
+    m = sample_step_mask(6, 33, 0.3).to("cuda")
+    x = torch.randn(6, 4, 21, device="cuda", requires_grad=True)
+    w = torch.randn(33, 21, device="cuda", requires_grad=True)
+    outs = []
+    for ops in (torch_backend, cu):
+        y = ops.matmul_compact(x, ops.permute_weight(w, m, 0), m)
+        gx, gw = torch.autograd.grad((y * y).sum(), (x, w))
+        outs.append((y, gx, gw))
+    for a, r in zip(*outs[::-1]):
+        torch.testing.assert_close(a, r, rtol=tol, atol=tol)
+    t, d, b, h = 7, 2, 3, 5
+    args = [torch.randn(t, d, b, 4 * h, device="cuda"), torch.randn(d, 4 * h, h, device="cuda"),
+            torch.randn(d, b, h, device="cuda"), torch.randn(d, b, h, device="cuda")]
+    valid = torch.arange(t, device="cuda")[:, None] < torch.tensor([7, 4, 1], device="cuda")[None]
+    results = []
+    for ops in (torch_backend, cu):
+        leaves = [a.clone().requires_grad_(True) for a in args]
+        o, hn, cn = ops.lstm_sequence(*leaves, valid)
+        (o.sum() + (hn * 2).sum() + cn.sum()).backward()
+        results.append([o, hn, cn] + [lf.grad for lf in leaves])
+    for a, r in zip(results[1], results[0]):
+        torch.testing.assert_close(a, r, rtol=tol, atol=tol)
+
+
+@gpu
+def test_full_model_cupy_equals_torch_backend():
+    args = ["-layers", "2", "-hidden_size", "64", "-word_vec_size", "32", "-encoder_type",
+            "sdrop_brnn", "-decoder_type", "sdrop_rnn", "-dropout", "0.3"]
+    ref, _ = build(*args, "-sdrop_backend", "torch", dtype=torch.float32)
+    cuda, _ = build(*args, "-sdrop_backend", "cupy", dtype=torch.float32)
+    copy_weights(cuda, ref)
+    data = [t.cuda() for t in batch()]
+    res = []
+    for m in (ref.cuda(), cuda.cuda()):
+        m.train()
+        torch.manual_seed(5)
+        loss, out = loss_of(m, *data)
+        loss.backward()
+        res.append((loss, grads(m)))
+    torch.testing.assert_close(res[1][0], res[0][0], rtol=1e-4, atol=1e-4)
+    for k in res[0][1]:
+        torch.testing.assert_close(res[1][1][k], res[0][1][k], rtol=1e-3, atol=1e-4, msg=k)
