@@ -23,11 +23,7 @@ import torch
 import onmt_sdrop.hook
 
 onmt_sdrop.hook.install()
-import pyonmttok  # noqa: E402
-from onmt.constants import DefaultTokens, ModelTask  # noqa: E402
-from onmt.model_builder import build_model  # noqa: E402
-from onmt.opts import train_opts  # noqa: E402
-from onmt.utils.parse import ArgumentParser  # noqa: E402
+from onmt_sdrop.plugin.factory import model_from_args  # noqa: E402
 
 VARIANTS = {
     "stock": ["-encoder_type", "brnn", "-decoder_type", "rnn"],
@@ -42,18 +38,7 @@ VARIANTS = {
 
 
 def build(args, vocab_size, seed):
-    parser = ArgumentParser()
-    train_opts(parser)
-    opt = parser.parse_known_args(["-data", "{}", "-src_vocab", "x", "-tgt_vocab", "x", *args])[0]
-    ArgumentParser.update_model_opts(opt)
-    ArgumentParser.validate_model_opts(opt)
-    specials = [DefaultTokens.UNK, DefaultTokens.PAD, DefaultTokens.BOS, DefaultTokens.EOS]
-    vocab = pyonmttok.build_vocab_from_tokens([f"w{i}" for i in range(vocab_size - 4)],
-                                              special_tokens=specials)
-    vocabs = {"src": vocab, "tgt": vocab, "data_task": ModelTask.SEQ2SEQ,
-              "decoder_start_token": DefaultTokens.BOS}
-    torch.manual_seed(seed)
-    model = build_model(opt, opt, vocabs, None, -1)
+    model, _ = model_from_args(args, vocab_size=vocab_size, seed=seed)
     model.train()
     return model
 

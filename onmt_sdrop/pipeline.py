@@ -89,7 +89,7 @@ PROFILES = {
     "gpu-short": Profile("gpu-short", _COMMON + _FULL + ("-optim", "adam", "-learning_rate",
                                                          "0.001"), 3000, 500),
     # both models finish on a 2-core CPU in about 30 minutes each
-    "cpu-small": Profile("cpu-small", _COMMON + _SMALL, 2500, 250),
+    "cpu-small": Profile("cpu-small", _COMMON + _SMALL, 2500, 250),  # ~25 min per model here
     # IWSLT'14 De-En without its training set: train on the valid split, hold out its last 500
     "local-subset": Profile(
         "local-subset", _COMMON + _SMALL, 1500, 250,

@@ -61,8 +61,19 @@ class TrainLog:
         return next((v[1] for v in self.valid if v[2] <= target), float("nan"))
 
 
-def _fmt(x, spec=".2f"):
-    return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, spec)
+def _missing(x) -> bool:
+    return x is None or (isinstance(x, float) and math.isnan(x))
+
+
+def _fmt(x, spec=".2f", unit=""):
+    return "n/a" if _missing(x) else format(x, spec) + unit
+
+
+def _clean(obj):
+    """NaN (never reached, not measured) as JSON null."""
+    if isinstance(obj, dict):
+        return {k: _clean(v) for k, v in obj.items()}
+    return None if _missing(obj) else obj
 
 
 def plot_curves(logs: dict, path: Path, title: str) -> None:
@@ -121,7 +132,7 @@ def write_report(out_dir: Path, *, title: str, pair: str, profile: str, device: 
     for r in rows:
         cells = [r[0], _fmt(r[1])] + ([_fmt(r[2])] if has_tok else []) + [
             _fmt(r[3]), _fmt(r[4]), _fmt(r[5], ".0f"), _fmt(r[6], ".0f"), _fmt(r[7], ".0f"),
-            _fmt(r[8], ".3f") + "x", _fmt(r[9], ".3f") + "x"]
+            _fmt(r[8], ".3f", "x"), _fmt(r[9], ".3f", "x")]
         lines.append("| " + " | ".join(cells) + " |")
     sigs = {s.get("bleu_signature") for s in scores.values()} | {
         s.get("chrf_signature") for s in scores.values()}
@@ -141,5 +152,5 @@ def write_report(out_dir: Path, *, title: str, pair: str, profile: str, device: 
     }
     if has_tok:
         summary["bleu_tok"] = {n: scores.get(n, {}).get("bleu_tok") for n in logs}
-    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    (out_dir / "summary.json").write_text(json.dumps(_clean(summary), indent=2) + "\n")
     return summary

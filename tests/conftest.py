@@ -13,40 +13,16 @@ import onmt_sdrop.hook
 
 onmt_sdrop.hook.install()
 
-import onmt  # noqa: E402  (after the hook: patches and plugin are applied)
-import pyonmttok  # noqa: E402
-from onmt.constants import DefaultTokens, ModelTask  # noqa: E402
-from onmt.model_builder import build_model  # noqa: E402
-from onmt.opts import train_opts  # noqa: E402
-from onmt.utils.parse import ArgumentParser  # noqa: E402
+from onmt_sdrop.plugin.factory import model_from_args  # noqa: E402  (after the hook)
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "data" / "iwslt14-sample"
 VOCAB = 37
 
 
-def model_opt(*args: str):
-    """Training options as ``onmt_train`` would parse them (plus ``args``), validated."""
-    parser = ArgumentParser()
-    train_opts(parser)
-    opt = parser.parse_known_args(["-data", "{}", "-src_vocab", "x", "-tgt_vocab", "x", *args])[0]
-    ArgumentParser.update_model_opts(opt)
-    ArgumentParser.validate_model_opts(opt)
-    opt.data_task = ModelTask.SEQ2SEQ
-    return opt
-
-
 def build(*args: str, seed: int = 0, dtype=torch.float64):
     """A model built by OpenNMT-py's own builder from options, on CPU, in ``dtype``."""
-    opt = model_opt(*args)
-    specials = [DefaultTokens.UNK, DefaultTokens.PAD, DefaultTokens.BOS, DefaultTokens.EOS]
-    vocab = pyonmttok.build_vocab_from_tokens([f"w{i}" for i in range(VOCAB - 4)],
-                                              special_tokens=specials)
-    vocab.default_id = vocab[DefaultTokens.UNK]
-    vocabs = {"src": vocab, "tgt": vocab, "data_task": ModelTask.SEQ2SEQ,
-              "decoder_start_token": DefaultTokens.BOS}
-    torch.manual_seed(seed)
-    model = build_model(opt, opt, vocabs, None, -1)
+    model, opt = model_from_args(args, vocab_size=VOCAB, seed=seed)
     return model.to(dtype), opt
 
 

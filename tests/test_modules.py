@@ -8,21 +8,20 @@ from conftest import batch, build, copy_weights, grads, loss_of
 
 SMALL = ["-layers", "2", "-hidden_size", "16", "-word_vec_size", "10"]
 
-# (stock options, sdrop options) that must give the same model
+# stock options; the sdrop twin swaps in the sdrop encoder/decoder (sdrop_args)
 PAIRS = {
-    "brnn+ifrnn": (["-encoder_type", "brnn", "-decoder_type", "rnn"], []),
-    "rnn+ifrnn": (["-encoder_type", "rnn", "-decoder_type", "rnn"], []),
-    "no-input-feed": (["-encoder_type", "brnn", "-decoder_type", "rnn", "-input_feed", "0"], []),
-    "mlp-attn": (["-encoder_type", "brnn", "-decoder_type", "rnn", "-global_attention", "mlp"], []),
-    "dot-sparsemax": (["-encoder_type", "brnn", "-decoder_type", "rnn", "-global_attention", "dot",
-                       "-global_attention_function", "sparsemax"], []),
-    "no-attn": (["-encoder_type", "rnn", "-decoder_type", "rnn", "-global_attention", "none"], []),
-    "context-gate": (["-encoder_type", "brnn", "-decoder_type", "rnn", "-context_gate", "both"], []),
-    "bridge-3-layers": (["-encoder_type", "brnn", "-decoder_type", "rnn", "-bridge", "-layers", "3"],
-                        []),
-    "copy-coverage": (["-encoder_type", "brnn", "-decoder_type", "rnn", "-copy_attn",
-                       "-coverage_attn", "-lambda_coverage", "0.5"], []),
-    "one-layer": (["-encoder_type", "brnn", "-decoder_type", "rnn", "-layers", "1"], []),
+    "brnn+ifrnn": ["-encoder_type", "brnn", "-decoder_type", "rnn"],
+    "rnn+ifrnn": ["-encoder_type", "rnn", "-decoder_type", "rnn"],
+    "no-input-feed": ["-encoder_type", "brnn", "-decoder_type", "rnn", "-input_feed", "0"],
+    "mlp-attn": ["-encoder_type", "brnn", "-decoder_type", "rnn", "-global_attention", "mlp"],
+    "dot-sparsemax": ["-encoder_type", "brnn", "-decoder_type", "rnn", "-global_attention", "dot",
+                       "-global_attention_function", "sparsemax"],
+    "no-attn": ["-encoder_type", "rnn", "-decoder_type", "rnn", "-global_attention", "none"],
+    "context-gate": ["-encoder_type", "brnn", "-decoder_type", "rnn", "-context_gate", "both"],
+    "bridge-3-layers": ["-encoder_type", "brnn", "-decoder_type", "rnn", "-bridge", "-layers", "3"],
+    "copy-coverage": ["-encoder_type", "brnn", "-decoder_type", "rnn", "-copy_attn",
+                       "-coverage_attn", "-lambda_coverage", "0.5"],
+    "one-layer": ["-encoder_type", "brnn", "-decoder_type", "rnn", "-layers", "1"],
 }
 
 
@@ -37,7 +36,7 @@ def sdrop_args(stock):
 @pytest.mark.parametrize("name", sorted(PAIRS))
 def test_dropout0_equals_stock(name):
     """With dropout 0 an sdrop model given the stock model's weights is the stock model."""
-    stock_args = SMALL + PAIRS[name][0] + ["-dropout", "0"]
+    stock_args = SMALL + PAIRS[name] + ["-dropout", "0"]
     stock, _ = build(*stock_args)
     sdrop, _ = build(*sdrop_args(stock_args))
     assert type(sdrop.encoder).__name__.startswith("Sdrop")

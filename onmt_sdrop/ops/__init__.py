@@ -13,6 +13,10 @@ from ..errors import SdropError
 
 BACKENDS = ("auto", "torch", "cupy", "dense")
 
+# "auto" picks the CUDA kernels only once they have passed tests/test_cuda.py on a real GPU
+# (bench/gpu_check.sh). Until then they run only when asked for by name (-sdrop_backend cupy).
+CUDA_BACKEND_VALIDATED = False
+
 
 def cupy_available() -> tuple[bool, str]:
     """(True, "") when the CUDA backend can run here, else (False, the reason)."""
@@ -43,7 +47,8 @@ def get_ops(name: str, device):
     ``dense`` still needs the recurrence, which it takes from the torch backend."""
     check_backend(name)
     on_gpu = getattr(device, "type", str(device)) == "cuda"
-    if name == "cupy" or (name == "auto" and on_gpu and cupy_available()[0]):
+    auto_cuda = name == "auto" and on_gpu and CUDA_BACKEND_VALIDATED and cupy_available()[0]
+    if name == "cupy" or auto_cuda:
         if not on_gpu:
             raise SdropError("-sdrop_backend cupy needs the model on a GPU (set -gpu_ranks)")
         return importlib.import_module(".cupy_backend", __name__)
