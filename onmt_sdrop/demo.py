@@ -17,7 +17,7 @@ SAMPLE = Path(__file__).resolve().parents[1] / "data" / "iwslt14-sample"
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m onmt_sdrop.demo", description=__doc__)
     ap.add_argument("--out", default="demo", help="report folder (work files go in OUT/work)")
-    ap.add_argument("--steps", type=int, help="training steps per model (default 600)")
+    ap.add_argument("--steps", type=int, help="training steps per model (default 400)")
     ap.add_argument("--profile", default="demo")
     args = ap.parse_args(argv)
     out = Path(args.out)

@@ -99,7 +99,7 @@ PROFILES = {
     "demo": Profile("demo", _COMMON + ("-layers", "2", "-hidden_size", "192", "-word_vec_size",
                                        "192", "-batch_size", "32", "-optim", "adam",
                                        "-learning_rate", "0.002", "-report_every", "25"),
-                    600, 100),
+                    400, 100),
     # tests: seconds
     "tiny": Profile("tiny", _COMMON + ("-layers", "1", "-hidden_size", "16", "-word_vec_size",
                                        "16", "-batch_size", "16", "-report_every", "5"), 10, 5,
