@@ -114,11 +114,7 @@ class _CompactMatmul(Function):
             _grouped_gemm(dy, xc, dw, ctx.mask, mode=2, m=n, n=kmax, k=b,
                           a_s=(b * n, 0, 1, n), b_s=(b * kmax, 0, kmax, 1),
                           c_s=(0, 1, dw.stride(0), 1), accumulate=True)
-        return dxc, _token_grad(ctx), None, None
-
-
-def _token_grad(ctx):
-    return ctx.ww.token.new_zeros(()) if ctx.needs_input_grad[1] else None
+        return dxc, torch_backend.token_grad(ctx), None, None
 
 
 def compact_matmul(xc: torch.Tensor, ww, mask: StepMask) -> torch.Tensor:
@@ -155,7 +151,7 @@ class _MatmulCompact(Function):
             _grouped_gemm(dyc, x, dw, ctx.mask, mode=1, m=kmax, n=i, k=b,
                           a_s=(b * kmax, 0, 1, kmax), b_s=(b * i, 0, i, 1),
                           c_s=(0, dw.stride(0), dw.stride(0), 1), accumulate=True)
-        return dx, _token_grad(ctx), None, None
+        return dx, torch_backend.token_grad(ctx), None, None
 
 
 def matmul_compact(x: torch.Tensor, ww, mask: StepMask) -> torch.Tensor:

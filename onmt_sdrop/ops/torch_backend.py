@@ -142,10 +142,11 @@ class _CompactMatmul(Function):
                 _put(dxc, gs, k, d @ w_ext[:, o:o + k])
             if dw is not None:
                 dw[:, o:o + k].addmm_(d.t(), _rows(xc, gs, k))
-        return dxc, _token_grad(ctx), None, None
+        return dxc, token_grad(ctx), None, None
 
 
-def _token_grad(ctx):
+def token_grad(ctx):
+    """The (zero) gradient a window op returns for its weight token; the real one is in ``ww.grad``."""
     return ctx.ww.token.new_zeros(()) if ctx.needs_input_grad[1] else None
 
 
@@ -184,7 +185,7 @@ class _MatmulCompact(Function):
                 _put(dx, gs, x.shape[-1], d @ w_ext[o:o + k])
             if dw is not None:
                 dw[o:o + k].addmm_(d.t(), _rows(x, gs))
-        return dx, _token_grad(ctx), None, None
+        return dx, token_grad(ctx), None, None
 
 
 def matmul_compact(x: torch.Tensor, ww: WindowedWeight, mask: StepMask) -> torch.Tensor:

@@ -72,8 +72,11 @@ class _SdropDecoderMixin(SdropMixin):
         if not self.attentional or self.context_gate is not None:
             return None  # the context gate reads every unit of the attention output
         lin = self.attn.linear_out
-        act = torch.tanh if self.attn.attn_type in ("general", "dot") else (lambda y: y)
-        return site.prep(lin.weight, 0), lin.bias, act
+        return site.prep(lin.weight, 0), lin.bias, self._out_activation
+
+    def _out_activation(self, y):
+        """GlobalAttention's output activation: tanh for general/dot, none for mlp."""
+        return torch.tanh(y) if self.attn.attn_type in ("general", "dot") else y
 
     def _attend(self, rnn_out, enc_out, src_len, dec_in, site, t, out_layer):
         """Attention, context gate and output dropout: (dropped value, alignment or None).
@@ -90,9 +93,7 @@ class _SdropDecoderMixin(SdropMixin):
             concat = torch.cat([ctx, rnn_out], -1)
             if out_layer is not None:
                 return site.produce(concat, t, *out_layer), p_attn
-            dec_out = self.attn.linear_out(concat)
-            if self.attn.attn_type in ("general", "dot"):
-                dec_out = torch.tanh(dec_out)
+            dec_out = self._out_activation(self.attn.linear_out(concat))
         if self.context_gate is not None:
             shape = dec_out.shape
             dec_out = self.context_gate(dec_in.reshape(-1, dec_in.shape[-1]),
