@@ -1,5 +1,7 @@
-"""The CUDA backend: every .cu compiles with nvcc (any machine); kernels and a full model match
-the torch backend (GPU machines only, skipped without CUDA and CuPy)."""
+"""The CUDA backend: every .cu compiles with nvcc (any machine); its kernels and a full model
+match the torch backend, on a GPU for real (skipped without CUDA and CuPy) and on every machine
+with the kernel launches carried out by tests/kernel_emulator.py, which checks the Python half
+(strides, modes, grids, argument order, dtypes) before a GPU is ever lent."""
 from __future__ import annotations
 
 import shutil
@@ -9,9 +11,10 @@ from pathlib import Path
 import pytest
 import torch
 
+import kernel_emulator
 from conftest import batch, build, copy_weights, grads, loss_of
 from onmt_sdrop.masks import StepMask, sample_step_mask
-from onmt_sdrop.ops import cupy_available, torch_backend
+from onmt_sdrop.ops import cupy_available, cupy_backend, torch_backend
 
 KERNELS = sorted((Path(__file__).resolve().parents[1] / "onmt_sdrop" / "kernels").glob("*.cu"))
 NVCC = shutil.which("nvcc")
@@ -32,13 +35,17 @@ def test_cuda_sources_compile(src, arch, tmp_path):
 
 
 GPU = cupy_available()[0]
-gpu = pytest.mark.skipif(not GPU, reason="needs a CUDA GPU and CuPy")
 
 
-def _cuda_ops():
-    from onmt_sdrop.ops import cupy_backend
-
-    return cupy_backend
+@pytest.fixture(params=["emulated", "gpu"])
+def device(request, monkeypatch):
+    """Where the CUDA backend runs: "cuda" for real, or "cpu" with emulated kernel launches."""
+    if request.param == "gpu":
+        if not GPU:
+            pytest.skip("needs a CUDA GPU and CuPy")
+        return "cuda"
+    monkeypatch.setattr(cupy_backend, "_launch", kernel_emulator.launch)
+    return "cpu"
 
 
 def _masks(size, groups):
@@ -51,22 +58,20 @@ def _masks(size, groups):
                    torch.tensor([1.0, 1.0, float(size)]), size, size)   # all kept, none, one
 
 
-@gpu
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-4), (torch.float16, 2e-2)])
 @pytest.mark.parametrize("size,out,b", [(37, 53, 5), (500, 2000, 64), (64, 10, 1)])
-def test_grouped_gemms_match_torch_backend(dtype, tol, size, out, b):
+def test_grouped_gemms_match_torch_backend(device, dtype, tol, size, out, b):
     """Consumer GEMM, dX and dW: CUDA kernels (fp32 or fp16 inputs, float accumulation) against
     the torch backend in float32, on strided inputs and all-kept / none-kept groups."""
-    cu = _cuda_ops()
     for m in _masks(size, 3 if size == 37 else 7):
-        m = m.to("cuda")
-        x = torch.randn(m.groups, b, size * 2, device="cuda").to(dtype)[..., ::2]  # strided
-        w = torch.randn(out, size, device="cuda", requires_grad=True)
+        m = m.to(device)
+        x = torch.randn(m.groups, b, size * 2, device=device).to(dtype)[..., ::2]  # strided
+        w = torch.randn(out, size, device=device, requires_grad=True)
         res = []
-        for ops, xin in ((torch_backend, x.float()), (cu, x)):
+        for ops, xin in ((torch_backend, x.float()), (cupy_backend, x)):
             xr = xin.detach().clone().requires_grad_(True)
             y = ops.compact_matmul(ops.gather(xr, m), ops.permute_weight(w, m, 1), m).float()
-            weights = torch.linspace(-1, 1, y.numel(), device="cuda").view_as(y)
+            weights = torch.linspace(-1, 1, y.numel(), device=device).view_as(y)
             (y * weights).sum().backward()
             res.append((y, xr.grad.float(), w.grad.clone()))
             w.grad = None
@@ -75,26 +80,24 @@ def test_grouped_gemms_match_torch_backend(dtype, tol, size, out, b):
             torch.testing.assert_close(got, want, rtol=tol, atol=tol * scale)
 
 
-@gpu
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-4)])
-def test_producer_and_lstm_match_torch_backend(dtype, tol):
-    cu = _cuda_ops()
-    m = sample_step_mask(6, 33, 0.3).to("cuda")
-    x = torch.randn(6, 4, 21, device="cuda", requires_grad=True)
-    w = torch.randn(33, 21, device="cuda", requires_grad=True)
+def test_producer_and_lstm_match_torch_backend(device, dtype, tol):
+    m = sample_step_mask(6, 33, 0.3).to(device)
+    x = torch.randn(6, 4, 21, device=device, requires_grad=True)
+    w = torch.randn(33, 21, device=device, requires_grad=True)
     outs = []
-    for ops in (torch_backend, cu):
+    for ops in (torch_backend, cupy_backend):
         y = ops.matmul_compact(x, ops.permute_weight(w, m, 0), m)
         gx, gw = torch.autograd.grad((y * y).sum(), (x, w))
         outs.append((y, gx, gw))
     for a, r in zip(*outs[::-1]):
         torch.testing.assert_close(a, r, rtol=tol, atol=tol)
     t, d, b, h = 7, 2, 3, 5
-    args = [torch.randn(t, d, b, 4 * h, device="cuda"), torch.randn(d, 4 * h, h, device="cuda"),
-            torch.randn(d, b, h, device="cuda"), torch.randn(d, b, h, device="cuda")]
-    valid = torch.arange(t, device="cuda")[:, None] < torch.tensor([7, 4, 1], device="cuda")[None]
+    args = [torch.randn(t, d, b, 4 * h, device=device), torch.randn(d, 4 * h, h, device=device),
+            torch.randn(d, b, h, device=device), torch.randn(d, b, h, device=device)]
+    valid = torch.arange(t, device=device)[:, None] < torch.tensor([7, 4, 1], device=device)[None]
     results = []
-    for ops in (torch_backend, cu):
+    for ops in (torch_backend, cupy_backend):
         leaves = [a.clone().requires_grad_(True) for a in args]
         o, hn, cn = ops.lstm_sequence(*leaves, valid)
         (o.sum() + (hn * 2).sum() + cn.sum()).backward()
@@ -103,16 +106,23 @@ def test_producer_and_lstm_match_torch_backend(dtype, tol):
         torch.testing.assert_close(a, r, rtol=tol, atol=tol)
 
 
-@gpu
-def test_full_model_cupy_equals_torch_backend():
+def test_full_model_cupy_equals_torch_backend(device, monkeypatch):
     args = ["-layers", "2", "-hidden_size", "64", "-word_vec_size", "32", "-encoder_type",
             "sdrop_brnn", "-decoder_type", "sdrop_rnn", "-dropout", "0.3"]
     ref, _ = build(*args, "-sdrop_backend", "torch", dtype=torch.float32)
-    cuda, _ = build(*args, "-sdrop_backend", "cupy", dtype=torch.float32)
+    if device == "cuda":
+        cuda, _ = build(*args, "-sdrop_backend", "cupy", dtype=torch.float32)
+    else:   # -sdrop_backend cupy is refused without a GPU: hand the CPU model the CUDA backend
+        cuda, _ = build(*args, "-sdrop_backend", "torch", dtype=torch.float32)
+        monkeypatch.setattr("onmt_sdrop.plugin.config.get_ops", lambda name, dev: (
+            cupy_backend if name == "cupy" else torch_backend))
+        for mod in cuda.modules():
+            if hasattr(mod, "sdrop"):
+                mod.sdrop.backend = "cupy"
     copy_weights(cuda, ref)
-    data = [t.cuda() for t in batch()]
+    data = [t.to(device) for t in batch()]
     res = []
-    for m in (ref.cuda(), cuda.cuda()):
+    for m in (ref.to(device), cuda.to(device)):
         m.train()
         torch.manual_seed(5)
         loss, out = loss_of(m, *data)

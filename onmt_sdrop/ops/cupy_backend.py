@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch.autograd import Function
 
@@ -34,10 +35,6 @@ def _module(name: str):
     return cupy.RawModule(code=src, options=("--std=c++17",), name_expressions=None)
 
 
-def _kernel(module: str, fn: str):
-    return _module(module).get_function(fn)
-
-
 def _suffix(dtype) -> str:
     if dtype == torch.float32:
         return "f32"
@@ -52,10 +49,15 @@ def _stream():
     return cupy.cuda.ExternalStream(torch.cuda.current_stream().cuda_stream)
 
 
-def _ptr(t: torch.Tensor):
-    import cupy
-
-    return cupy.uint64(t.data_ptr())
+def _launch(module: str, fn: str, grid, block, args) -> None:
+    """Launch kernel ``fn`` of ``kernels/<module>.cu`` on torch's current stream. ``args``:
+    tensors (passed as device pointers), None (a null pointer) or numpy scalars of the kernel's
+    parameter types. The one place that touches CuPy at run time (tests/kernel_emulator.py stands
+    in for it on machines without a GPU)."""
+    ptrs = tuple(np.uint64(0) if a is None else np.uint64(a.data_ptr())
+                 if isinstance(a, torch.Tensor) else a for a in args)
+    with _stream():
+        _module(module).get_function(fn)(tuple(grid), tuple(block), ptrs)
 
 
 def _windows(mask: StepMask, device):
@@ -68,19 +70,15 @@ def _grouped_gemm(a, b, c, mask, *, mode, m, n, k, a_s, b_s, c_s, accumulate=Fal
 
     ``*_s`` = (group stride, window-offset stride, row stride, column stride) in elements;
     ``mode`` bits 1/2/4: M/N/K is the group's kept count (m/n/k give the maximum otherwise)."""
-    import cupy
-
     off, cnt = _windows(mask, a.device)
     kmax = mask.kmax
     rows = kmax if mode & 1 else m
     cols = kmax if mode & 2 else n
     grid = ((cols + TILE - 1) // TILE, (rows + TILE - 1) // TILE, mask.groups)
     name = ("grouped_gemm_acc_" if accumulate else "grouped_gemm_") + _suffix(a.dtype)
-    args = [_ptr(a), _ptr(b), _ptr(c), _ptr(off), _ptr(cnt), cupy.int32(mode), cupy.int32(m),
-            cupy.int32(n), cupy.int32(k)]
-    args += [cupy.int64(v) for v in (*a_s, *b_s, *c_s)]
-    with _stream():
-        _kernel("grouped_gemm", name)(grid, (TILE, TILE // ROWS_PER_THREAD), tuple(args))
+    args = [a, b, c, off, cnt, *map(np.int32, (mode, m, n, k)),
+            *map(np.int64, (*a_s, *b_s, *c_s))]
+    _launch("grouped_gemm", name, grid, (TILE, TILE // ROWS_PER_THREAD), args)
 
 
 class _CompactMatmul(Function):
@@ -158,13 +156,10 @@ def matmul_compact(x: torch.Tensor, ww, mask: StepMask) -> torch.Tensor:
     return _MatmulCompact.apply(x, ww.token, ww, mask)
 
 
-def _launch_pointwise(fn: str, dtype, numel: int, args):
-    import cupy
-
+def _launch_pointwise(fn: str, dtype, rows: int, h: int, args):
     threads = 256
-    with _stream():
-        _kernel("lstm_pointwise", f"{fn}_{_suffix(dtype)}")(
-            ((numel + threads - 1) // threads,), (threads,), tuple(args))
+    _launch("lstm_pointwise", f"{fn}_{_suffix(dtype)}", ((rows * h + threads - 1) // threads,),
+            (threads,), [*args, np.int32(rows), np.int32(h)])
 
 
 class _LSTMSequence(Function):
@@ -172,8 +167,6 @@ class _LSTMSequence(Function):
 
     @staticmethod
     def forward(ctx, gx, w_hh, h0, c0, valid):
-        import cupy
-
         steps, d, b, four_h = gx.shape
         h = four_h // 4
         rows = d * b
@@ -187,11 +180,9 @@ class _LSTMSequence(Function):
         v = None if valid is None else valid.to(torch.uint8).expand(steps, d, b, 1).contiguous()
         for t in range(steps):
             gates = torch.baddbmm(gx[t], hs[t], w_t).contiguous()
-            _launch_pointwise("lstm_fwd", gx.dtype, rows * h, [
-                _ptr(gates), _ptr(cs[t]), _ptr(hs[t]),
-                cupy.uint64(0) if v is None else _ptr(v[t]),
-                _ptr(acts[t]), _ptr(c_new[t]), _ptr(cs[t + 1]), _ptr(hs[t + 1]), _ptr(outs[t]),
-                cupy.int32(rows), cupy.int32(h)])
+            _launch_pointwise("lstm_fwd", gx.dtype, rows, h, [
+                gates, cs[t], hs[t], None if v is None else v[t],
+                acts[t], c_new[t], cs[t + 1], hs[t + 1], outs[t]])
         ctx.save_for_backward(w_hh, acts, c_new, cs, hs,
                               v if v is not None else torch.empty(0, device=gx.device))
         ctx.has_valid = valid is not None
@@ -199,8 +190,6 @@ class _LSTMSequence(Function):
 
     @staticmethod
     def backward(ctx, d_outs, d_hT, d_cT):
-        import cupy
-
         w_hh, acts, c_new, cs, hs, v = ctx.saved_tensors
         steps, d, b, four_h = acts.shape
         h = four_h // 4
@@ -214,11 +203,9 @@ class _LSTMSequence(Function):
         d_outs = None if d_outs is None else d_outs.contiguous().to(acts.dtype)
         dgates = torch.empty_like(acts)
         for t in range(steps - 1, -1, -1):
-            _launch_pointwise("lstm_bwd", acts.dtype, rows * h, [
-                _ptr(acts[t]), _ptr(c_new[t]), _ptr(cs[t]),
-                cupy.uint64(0) if not ctx.has_valid else _ptr(v[t]),
-                cupy.uint64(0) if d_outs is None else _ptr(d_outs[t]),
-                _ptr(dh), _ptr(dc), _ptr(dgates[t]), cupy.int32(rows), cupy.int32(h)])
+            _launch_pointwise("lstm_bwd", acts.dtype, rows, h, [
+                acts[t], c_new[t], cs[t], v[t] if ctx.has_valid else None,
+                None if d_outs is None else d_outs[t], dh, dc, dgates[t]])
             dh += torch.bmm(dgates[t], w_hh.to(acts.dtype)).float()
         d_whh = None
         if ctx.needs_input_grad[1]:

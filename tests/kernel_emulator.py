@@ -1,0 +1,107 @@
+"""A CPU stand-in for the CUDA launches of :mod:`onmt_sdrop.ops.cupy_backend`.
+
+``launch`` takes exactly what ``cupy_backend._launch`` would hand to CuPy (kernel name, grid,
+block, tensors for pointers, numpy scalars) and carries out the contract written at the top of
+each ``onmt_sdrop/kernels/*.cu``, reading and writing memory through the same pointers, strides
+and extents the kernel would. So on every machine the Python half of the CUDA backend (argument
+order, strides, modes, grid sizes, dtypes, in-place protocols) runs against the torch backend;
+the CUDA half is compiled by nvcc here and checked against the torch backend on a GPU.
+Out-of-bounds addresses and grids that miss part of the output fail loudly.
+"""
+from __future__ import annotations
+
+import torch
+
+from onmt_sdrop.ops import torch_backend
+
+TILE, GEMM_BLOCK = 32, (32, 4)
+DTYPES = {"f32": torch.float32, "f16": torch.float16}
+
+
+def launch(module: str, fn: str, grid, block, args) -> None:
+    {"grouped_gemm": _grouped_gemm, "lstm_pointwise": _lstm_pointwise}[module](
+        fn, tuple(grid), tuple(block), list(args))
+
+
+def _memory(t: torch.Tensor, offset: int, shape, strides) -> torch.Tensor:
+    """The (shape, strides) view a kernel reads at ``pointer + offset`` (elements), checked to
+    stay inside the tensor's own memory."""
+    extent = sum((n - 1) * s for n, s in zip(t.shape, t.stride())) + 1
+    lo = offset + sum((n - 1) * s for n, s in zip(shape, strides) if s < 0)
+    hi = offset + sum((n - 1) * s for n, s in zip(shape, strides) if s > 0)
+    assert 0 <= lo and hi < extent, f"kernel would address [{lo}, {hi}] of a {extent}-element buffer"
+    return t.as_strided(shape, strides, t.storage_offset() + offset)
+
+
+def _grouped_gemm(fn, grid, block, args):
+    a, b, c, off, cnt, mode, m_full, n_full, k_full, *strides = args
+    assert block == GEMM_BLOCK, block
+    accumulate = fn.startswith("grouped_gemm_acc_")
+    dtype = DTYPES[fn.rsplit("_", 1)[1]]
+    assert a.dtype == b.dtype == dtype, (fn, a.dtype, b.dtype)
+    assert c.dtype == (torch.float32 if accumulate else dtype), (fn, c.dtype)
+    assert off.dtype == cnt.dtype == torch.int64 and off.is_contiguous() and cnt.is_contiguous()
+    assert grid[2] == len(cnt) == len(off)
+    a_g, a_o, a_rs, a_cs, b_g, b_o, b_rs, b_cs, c_g, c_o, c_rs, c_cs = map(int, strides)
+    mode = int(mode)
+    for g in range(grid[2]):
+        k_g, o = int(cnt[g]), int(off[g])
+        m = k_g if mode & 1 else int(m_full)
+        n = k_g if mode & 2 else int(n_full)
+        k = k_g if mode & 4 else int(k_full)
+        assert m <= grid[1] * TILE and n <= grid[0] * TILE, f"grid {grid} misses C ({m} x {n})"
+        if m == 0 or n == 0 or k == 0:
+            continue
+        av = _memory(a, g * a_g + o * a_o, (m, k), (a_rs, a_cs)).float()
+        bv = _memory(b, g * b_g + o * b_o, (k, n), (b_rs, b_cs)).float()
+        cv = _memory(c, g * c_g + o * c_o, (m, n), (c_rs, c_cs))
+        if accumulate:
+            cv += av @ bv
+        else:
+            cv.copy_(av @ bv)
+
+
+def _rows(t, rows: int, width: int, what: str) -> torch.Tensor:
+    """A (rows, width) row-major buffer as the point-wise kernel indexes it."""
+    assert t is not None, f"{what} must not be a null pointer"
+    return _memory(t, 0, (rows, width), (width, 1))
+
+
+def _lstm_pointwise(fn, grid, block, args):
+    kind, suffix = fn.rsplit("_", 1)
+    dtype = DTYPES[suffix]
+    rows, h = int(args[-2]), int(args[-1])
+    assert grid[0] * block[0] >= rows * h, f"grid {grid} x {block} misses {rows * h} elements"
+    if kind == "lstm_fwd":
+        gates, c_prev, h_prev, valid, acts, c_new, c_next, h_next, out = args[:-2]
+        tensors = (gates, c_prev, h_prev, acts, c_new, c_next, h_next, out)
+    else:
+        acts, c_new, c_prev, valid, d_out, dh, dc, dgates = args[:-2]
+        tensors = (acts, c_new, c_prev, dgates) + (() if d_out is None else (d_out,))
+        assert dh.dtype == dc.dtype == torch.float32, "dh / dc are float32 accumulators"
+    assert all(t.dtype == dtype for t in tensors), (fn, [t.dtype for t in tensors])
+    v = (torch.ones(rows, 1, dtype=torch.bool) if valid is None
+         else _rows(valid, rows, 1, "valid").bool())
+    if kind == "lstm_fwd":
+        cp, hp = _rows(c_prev, rows, h, "c_prev").float(), _rows(h_prev, rows, h, "h_prev").float()
+        a, c, hn = torch_backend.lstm_pointwise(_rows(gates, rows, 4 * h, "gates").float(), cp)
+        _rows(acts, rows, 4 * h, "acts").copy_(a)
+        _rows(c_new, rows, h, "c_new").copy_(c)
+        _rows(c_next, rows, h, "c_next").copy_(torch.where(v, c, cp))
+        _rows(h_next, rows, h, "h_next").copy_(torch.where(v, hn, hp))
+        _rows(out, rows, h, "out").copy_(torch.where(v, hn, torch.zeros_like(hn)))
+        return
+    i, f, g, o = _rows(acts, rows, 4 * h, "acts").float().chunk(4, -1)
+    tc = _rows(c_new, rows, h, "c_new").float().tanh()
+    vf = v.float()
+    dhv, dcv = _rows(dh, rows, h, "dh"), _rows(dc, rows, h, "dc")
+    d_o = 0.0 if d_out is None else _rows(d_out, rows, h, "d_out").float()
+    dhn = vf * (dhv + d_o)
+    dcn = vf * dcv + dhn * o * (1 - tc * tc)
+    cp = _rows(c_prev, rows, h, "c_prev").float()
+    _rows(dgates, rows, 4 * h, "dgates").copy_(torch.cat(
+        [dcn * g * i * (1 - i), dcn * cp * f * (1 - f), dcn * i * (1 - g * g),
+         dhn * tc * o * (1 - o)], -1))
+    dc_prev = dcn * f + (1 - vf) * dcv
+    dhv.copy_((1 - vf) * dhv)
+    dcv.copy_(dc_prev)
