@@ -251,11 +251,12 @@ class Pipeline:
         _stream(cmd, run_dir / f"train.{attempt}.log")
 
     def translate(self, name: str) -> Path:
-        hyp = self.work / name / "test.hyp"
+        # outputs are named by the checkpoint's step: a rerun with more --steps never reuses them
+        hyp = self.work / name / f"test.step{self.steps}.hyp"
         if hyp.exists():
             return hyp
         _banner(f"{self.pair.name}: translate the test set with {name} (beam 5)")
-        hyp_sp = self.work / name / "test.hyp.sp"
+        hyp_sp = hyp.with_suffix(".hyp.sp")
         cmd = _onmt("translate") + ["-model", str(self.final_checkpoint(name)),
                                     "-src", str(self.data / "test.sp.src"),
                                     "-output", str(hyp_sp), "-beam_size", "5",
@@ -273,7 +274,7 @@ class Pipeline:
     def score(self, name: str) -> dict:
         import sacrebleu
 
-        path = self.work / name / "scores.json"
+        path = self.work / name / f"scores.step{self.steps}.json"
         if path.exists():
             return json.loads(path.read_text())
         hyps = self.translate(name).read_text(encoding="utf-8").splitlines()

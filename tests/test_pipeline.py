@@ -30,15 +30,17 @@ def test_whole_pipeline_on_the_sample(tmp_path):
     again = run(cmd, env=env)
     assert again.returncode == 0
     assert "train" not in "".join(ln for ln in again.stdout.splitlines() if ln.startswith("==="))
-    # a crash mid-training: the next run resumes from the last checkpoint
+    # a crash mid-training: the next run resumes from the last checkpoint; asking for more steps
+    # trains on from there and translates with the new final checkpoint, never the old outputs
     work = tmp_path / "work" / "sample-deen-tiny" / "sdrop"
     (work / "model_step_10.pt").unlink()
-    for p in (work / "test.hyp", work / "scores.json"):
-        p.unlink()
-    resumed = run(cmd + ["--steps", "10"], env=env)
+    resumed = run(cmd + ["--steps", "15"], env=env)
     assert resumed.returncode == 0, resumed.stdout[-2000:]
     assert "resuming from model_step_5.pt" in resumed.stdout
-
+    assert "resuming from model_step_10.pt" in resumed.stdout   # the baseline
+    for name in ("baseline", "sdrop"):
+        assert (work.parent / name / "test.step15.hyp").exists()
+        assert (work.parent / name / "test.step10.hyp").exists()
 
 def test_missing_and_unpaired_raw_files(tmp_path):
     raw = tmp_path / "raw"
