@@ -300,7 +300,7 @@ class Pipeline:
         notes = list(notes) + [
             f"{self.steps} training steps per model, same seed and hyper-parameters; the sdrop "
             "model adds `" + " ".join(MODELS["sdrop"]) + "` to the baseline's options.",
-            "Model options: `" + " ".join(self.profile.train_args) + "`.",
+            "Model options: `" + " ".join(self.profile.train_args + tuple(self.extra)) + "`.",
             "tok/s: OpenNMT-py's logged target tokens per second, mean over report steps after "
             "the first; wall times from the same logs (training only, validation included)."]
         return write_report(self.out, title=f"{self.pair.name} ({self.profile.name}): baseline vs "
