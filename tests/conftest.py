@@ -46,6 +46,31 @@ def loss_of(model, src, tgt, src_len):
     return (logits * weights).sum() + sum((a * 0.3).sum() for a in attns.values()), out
 
 
+def ops_under_autocast(ops, device, amp: bool):
+    """Outputs and input gradients of the producer, consumer and LSTM ops of backend ``ops`` on
+    fixed float32 inputs, inside ``torch.autocast(device, float16)`` when ``amp``."""
+    from onmt_sdrop.masks import sample_step_mask
+
+    g = torch.Generator().manual_seed(3)
+
+    def rand(*shape):
+        return torch.randn(*shape, generator=g).to(device).requires_grad_(True)
+
+    m = sample_step_mask(6, 33, 0.3, generator=g).to(device)
+    x, w_in, w_out, xd = rand(6, 4, 21), rand(33, 21), rand(10, 33), rand(6, 4, 33)
+    t, d, b, h = 7, 2, 3, 5
+    lstm_in = [rand(t, d, b, 4 * h), rand(d, 4 * h, h), rand(d, b, h), rand(d, b, h)]
+    valid = torch.arange(t, device=device)[:, None] < torch.tensor([7, 4, 1], device=device)
+    with torch.autocast(device, dtype=torch.float16, enabled=amp):
+        outs = [ops.matmul_compact(x, ops.permute_weight(w_in, m, 0), m),
+                ops.compact_matmul(ops.gather(xd, m), ops.permute_weight(w_out, m, 1), m),
+                *ops.lstm_sequence(*lstm_in, valid)]
+    loss = sum((o.float() * torch.linspace(-1, 1, o.numel(), device=device).view_as(o)).sum()
+               for o in outs)
+    leaves = [x, w_in, w_out, xd, *lstm_in]
+    return outs, list(torch.autograd.grad(loss, leaves))
+
+
 def copy_weights(dst, src):
     """Strict load of ``src``'s parameters (generator included) into ``dst``."""
     torch.nn.Module.load_state_dict(dst, src.state_dict(), strict=True)

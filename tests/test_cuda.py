@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import kernel_emulator
-from conftest import batch, build, copy_weights, grads, loss_of
+from conftest import batch, build, copy_weights, grads, loss_of, ops_under_autocast
 from onmt_sdrop.masks import StepMask, sample_step_mask
 from onmt_sdrop.ops import cupy_available, cupy_backend, torch_backend
 
@@ -104,6 +104,17 @@ def test_producer_and_lstm_match_torch_backend(device, dtype, tol):
         results.append([o, hn, cn] + [lf.grad for lf in leaves])
     for a, r in zip(results[1], results[0]):
         torch.testing.assert_close(a, r, rtol=tol, atol=tol)
+
+
+def test_autocast_matches_torch_backend(device):
+    """Under AMP the CUDA backend runs its half kernels (float accumulation) and gives what the
+    torch backend gives under AMP: half outputs, float32 gradients."""
+    want_outs, want_grads = ops_under_autocast(torch_backend, device, amp=True)
+    got_outs, got_grads = ops_under_autocast(cupy_backend, device, amp=True)
+    for got, want in zip(got_outs + got_grads, want_outs + want_grads):
+        assert got.dtype == want.dtype
+        scale = max(1.0, want.abs().max().item())
+        torch.testing.assert_close(got.float(), want.float(), rtol=2e-2, atol=2e-2 * scale)
 
 
 def test_full_model_cupy_equals_torch_backend(device, monkeypatch):

@@ -152,3 +152,27 @@ def test_update_dropout_schedule():
     a, _ = model(*batch())
     b, _ = model(*batch())
     torch.testing.assert_close(a, b)  # dropout 0 now: deterministic in training too
+
+
+@pytest.mark.parametrize("backend", ["torch", "dense"])
+def test_training_step_under_autocast(backend):
+    """OpenNMT-py's -model_dtype fp16 trains under autocast: the sdrop model runs in half and its
+    loss and gradients stay close to float32 (same masks: same seed)."""
+    model, _ = build(*SMALL, "-encoder_type", "sdrop_brnn", "-decoder_type", "sdrop_rnn",
+                     "-dropout", "0.3", "-sdrop_backend", backend, dtype=torch.float32)
+    model.train()
+    data = batch()
+    res = []
+    for amp in (False, True):
+        torch.manual_seed(5)
+        with torch.autocast("cpu", dtype=torch.float16, enabled=amp):
+            loss, _ = loss_of(model, *data)
+        model.zero_grad()
+        loss.float().backward()
+        res.append((loss.float(), grads(model)))
+    (loss32, g32), (loss16, g16) = res
+    torch.testing.assert_close(loss16, loss32, rtol=1e-2, atol=1e-2)
+    for name, want in g32.items():
+        assert g16[name].dtype == torch.float32
+        scale = max(1.0, want.abs().max().item())
+        torch.testing.assert_close(g16[name], want, rtol=3e-2, atol=3e-2 * scale, msg=name)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from conftest import ops_under_autocast
 from onmt_sdrop.masks import StepMask, sample_step_mask
 from onmt_sdrop.nn import CompactDrop
 from onmt_sdrop.ops import reference, torch_backend
@@ -100,3 +101,16 @@ def test_lstm_sequence_equals_nn_lstm():
     torch.testing.assert_close(out[:, 0], want)
     torch.testing.assert_close(h, hn)
     torch.testing.assert_close(c, cn)
+
+
+@pytest.mark.parametrize("ops", BACKENDS)
+def test_ops_under_autocast(ops):
+    """-model_dtype fp16 (AMP): the ops compute in half, gradients come back in the inputs'
+    dtype (float32), and both stay close to the float32 results."""
+    outs32, grads32 = ops_under_autocast(ops, "cpu", amp=False)
+    outs16, grads16 = ops_under_autocast(ops, "cpu", amp=True)
+    assert all(o.dtype == torch.float16 for o in outs16)
+    for got, want in zip(outs16 + grads16, outs32 + grads32):
+        scale = max(1.0, want.abs().max().item())
+        torch.testing.assert_close(got.float(), want, rtol=2e-2, atol=2e-2 * scale)
+    assert all(gr.dtype == torch.float32 for gr in grads16)

@@ -17,6 +17,7 @@ from torch.autograd import Function
 
 from ..masks import StepMask
 from . import torch_backend
+from .amp import autocast_op
 
 KERNELS = Path(__file__).resolve().parents[1] / "kernels"
 TILE, ROWS_PER_THREAD = 32, 8
@@ -115,6 +116,7 @@ class _CompactMatmul(Function):
         return dxc, torch_backend.token_grad(ctx), None, None
 
 
+@autocast_op
 def compact_matmul(xc: torch.Tensor, ww, mask: StepMask) -> torch.Tensor:
     return _CompactMatmul.apply(xc, ww.token, ww, mask)
 
@@ -152,6 +154,7 @@ class _MatmulCompact(Function):
         return dx, torch_backend.token_grad(ctx), None, None
 
 
+@autocast_op
 def matmul_compact(x: torch.Tensor, ww, mask: StepMask) -> torch.Tensor:
     return _MatmulCompact.apply(x, ww.token, ww, mask)
 
@@ -215,6 +218,7 @@ class _LSTMSequence(Function):
         return dgates, d_whh, dh.to(hs.dtype), dc.to(cs.dtype), None
 
 
+@autocast_op
 def lstm_sequence(gx, w_hh, h0, c0, valid=None):
     v = None if valid is None else valid[:, None, :, None]
     return _LSTMSequence.apply(gx.contiguous(), w_hh, h0.contiguous(), c0.contiguous(), v)

@@ -12,6 +12,7 @@ import torch
 from torch.autograd import Function
 
 from ..masks import StepMask
+from .amp import autocast_op
 
 
 # ---------------------------------------------------------------- gather / scatter (cheap copies)
@@ -111,12 +112,20 @@ def _put(dst: torch.Tensor, gs, k, value: torch.Tensor):
         dst[gs, :, :k] = value.view(len(gs), dst.shape[1], k)
 
 
+def _accumulate(dw: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
+    """``dw += a @ b``; under autocast ``a, b`` are half and the gradient buffer stays float32."""
+    if dw.dtype == a.dtype:
+        dw.addmm_(a, b)
+    else:
+        dw.add_(a @ b)
+
+
 class _CompactMatmul(Function):
     """Consumer: ``Y_g = X_g[:, K_g] @ W[:, K_g]^T`` on compact input."""
 
     @staticmethod
     def forward(ctx, xc, token, ww, mask):
-        w_ext = ww.ext
+        w_ext = ww.ext.to(xc.dtype)
         groups = _window_groups(mask)
         g, b, _ = xc.shape
         covered = sum(g if gs is None else len(gs) for _, k, gs in groups if k)
@@ -131,7 +140,7 @@ class _CompactMatmul(Function):
     @staticmethod
     def backward(ctx, dy):
         xc, = ctx.saved_tensors
-        w_ext = ctx.ww.ext
+        w_ext = ctx.ww.ext.to(xc.dtype)
         dxc = torch.zeros_like(xc) if ctx.needs_input_grad[0] else None
         dw = ctx.ww.grad_buffer() if ctx.needs_input_grad[1] else None
         for o, k, gs in ctx.groups:
@@ -141,7 +150,7 @@ class _CompactMatmul(Function):
             if dxc is not None:
                 _put(dxc, gs, k, d @ w_ext[:, o:o + k])
             if dw is not None:
-                dw[:, o:o + k].addmm_(d.t(), _rows(xc, gs, k))
+                _accumulate(dw[:, o:o + k], d.t(), _rows(xc, gs, k))
         return dxc, token_grad(ctx), None, None
 
 
@@ -150,6 +159,7 @@ def token_grad(ctx):
     return ctx.ww.token.new_zeros(()) if ctx.needs_input_grad[1] else None
 
 
+@autocast_op
 def compact_matmul(xc: torch.Tensor, ww: WindowedWeight, mask: StepMask) -> torch.Tensor:
     """Consumer GEMM on compact input: ``(G, B, kmax) x (Out, H+kmax) -> (G, B, Out)``."""
     return _CompactMatmul.apply(xc, ww.token, ww, mask)
@@ -160,7 +170,7 @@ class _MatmulCompact(Function):
 
     @staticmethod
     def forward(ctx, x, token, ww, mask):
-        w_ext = ww.ext
+        w_ext = ww.ext.to(x.dtype)
         groups = _window_groups(mask)
         g, b, _ = x.shape
         yc = x.new_zeros(g, b, mask.kmax)
@@ -174,7 +184,7 @@ class _MatmulCompact(Function):
     @staticmethod
     def backward(ctx, dyc):
         x, = ctx.saved_tensors
-        w_ext = ctx.ww.ext
+        w_ext = ctx.ww.ext.to(x.dtype)
         dx = torch.zeros_like(x) if ctx.needs_input_grad[0] else None
         dw = ctx.ww.grad_buffer() if ctx.needs_input_grad[1] else None
         for o, k, gs in ctx.groups:
@@ -184,10 +194,11 @@ class _MatmulCompact(Function):
             if dx is not None:
                 _put(dx, gs, x.shape[-1], d @ w_ext[o:o + k])
             if dw is not None:
-                dw[o:o + k].addmm_(d.t(), _rows(x, gs))
+                _accumulate(dw[o:o + k], d.t(), _rows(x, gs))
         return dx, token_grad(ctx), None, None
 
 
+@autocast_op
 def matmul_compact(x: torch.Tensor, ww: WindowedWeight, mask: StepMask) -> torch.Tensor:
     """Producer GEMM, kept output columns only: ``(G, B, In) x (H+kmax, In) -> (G, B, kmax)``."""
     return _MatmulCompact.apply(x, ww.token, ww, mask)
@@ -275,6 +286,7 @@ class _LSTMSequence(Function):
         return d_gx, d_whh, dh, dc, None
 
 
+@autocast_op
 def lstm_sequence(gx, w_hh, h0, c0, valid=None):
     """Run an LSTM layer over precomputed input projections.
 
