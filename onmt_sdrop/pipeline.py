@@ -136,7 +136,7 @@ def _stream(cmd: list[str], log_path: Path) -> None:
     """Run ``cmd``, echoing its output and appending it to ``log_path``; raise on failure."""
     print("$ " + " ".join(shlex.quote(c) for c in cmd), flush=True)
     env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONWARNINGS="ignore")
-    with open(log_path, "a", encoding="utf-8") as log, subprocess.Popen(
+    with open(log_path, "a", encoding="utf-8", buffering=1) as log, subprocess.Popen(
             cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env) as proc:
         for line in proc.stdout:
             log.write(line)
