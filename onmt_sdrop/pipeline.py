@@ -132,19 +132,34 @@ def _write(path: Path, lines) -> None:
     tmp.replace(path)  # atomic: a crash never leaves a half-written stage output
 
 
-def _stream(cmd: list[str], log_path: Path) -> None:
-    """Run ``cmd``, echoing its output and appending it to ``log_path``; raise on failure."""
+def _stream(cmd: list[str], log_path: Path, deadline: float | None = None) -> int | None:
+    """Run ``cmd``, echoing its output and appending it to ``log_path``; raise on failure.
+
+    With a ``deadline`` (time.time()), a training run is stopped at its first step report past
+    it that follows a finished checkpoint save (OpenNMT-py reports a step before validating and
+    saving it, so a checkpoint is complete once the next report appears). Returns the step of
+    that last complete checkpoint when it was stopped so, else None."""
     print("$ " + " ".join(shlex.quote(c) for c in cmd), flush=True)
     env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONWARNINGS="ignore")
+    saving = saved = None
     with open(log_path, "a", encoding="utf-8", buffering=1) as log, subprocess.Popen(
             cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env) as proc:
         for line in proc.stdout:
             log.write(line)
             if "Warning" not in line and "@custom_" not in line:
                 print("  " + line, end="", flush=True)
+            if "Saving checkpoint" in line:
+                saving = int(line.rsplit("_step_", 1)[1].split(".pt")[0])
+            elif " Step " in line:
+                saved = saving
+                if deadline is not None and saved is not None and time.time() > deadline:
+                    proc.terminate()
+                    proc.wait()
+                    return saved
     if proc.returncode:
         raise SdropError(f"command failed with status {proc.returncode} (log: {log_path}): "
                          + " ".join(cmd[:4]) + " ...")
+    return None
 
 
 def _onmt(tool: str) -> list[str]:
@@ -153,7 +168,7 @@ def _onmt(tool: str) -> list[str]:
 
 class Pipeline:
     def __init__(self, pair: str, profile: str, raw_dir, work_dir, out_dir, *, steps=None,
-                 gpu=False, extra_args=(), models=("baseline", "sdrop")):
+                 time_budget_min=None, gpu=False, extra_args=(), models=("baseline", "sdrop")):
         if pair not in PAIRS:
             raise SdropError(f"unknown pair {pair!r}; one of {', '.join(PAIRS)}")
         if profile not in PROFILES:
@@ -165,6 +180,9 @@ class Pipeline:
         self.work, self.out = Path(work_dir), Path(out_dir)
         self.data = self.work / "data"
         self.steps = int(steps) if steps else self.profile.train_steps
+        if time_budget_min is not None and time_budget_min <= 0:
+            raise SdropError(f"--time-budget must be > 0 minutes, got {time_budget_min}")
+        self.budget_s = None if time_budget_min is None else 60.0 * time_budget_min
         self.gpu, self.extra, self.models = gpu, list(extra_args), list(models)
 
     # ------------------------------------------------------------------ stages
@@ -226,8 +244,16 @@ class Pipeline:
         ckpts = (self.work / name).glob("model_step_*.pt")
         return sorted(ckpts, key=lambda p: int(p.stem.rsplit("_", 1)[1]))
 
+    def final_step(self, name: str) -> int:
+        """The step of the model that is translated: the last one, or where the budget ended."""
+        budget = self.work / name / "budget.json"
+        return json.loads(budget.read_text())["step"] if budget.exists() else self.steps
+
     def final_checkpoint(self, name: str) -> Path:
-        return self.work / name / f"model_step_{self.steps}.pt"
+        return self.work / name / f"model_step_{self.final_step(name)}.pt"
+
+    def _train_logs(self, name: str) -> list[Path]:
+        return sorted((self.work / name).glob("train.*.log"))
 
     def train(self, name: str) -> None:
         final = self.final_checkpoint(name)
@@ -246,13 +272,28 @@ class Pipeline:
         resume = f" (resuming from {done[-1].name})" if done else ""
         if done:
             cmd += ["-train_from", str(done[-1])]
+        deadline = None
+        if self.budget_s is not None:
+            from .report import TrainLog
+
+            used = TrainLog.parse(p.read_text() for p in self._train_logs(name)).wall_s if done \
+                else 0.0
+            deadline = time.time() + self.budget_s - used
+            resume += f", time budget {self.budget_s / 60:g} min ({used:.0f} s used)"
         _banner(f"{self.pair.name}/{self.profile.name}: train {name}, {self.steps} steps{resume}")
-        attempt = len(list(run_dir.glob("train.*.log")))
-        _stream(cmd, run_dir / f"train.{attempt}.log")
+        step = _stream(cmd, run_dir / f"train.{len(self._train_logs(name))}.log", deadline)
+        if step is not None:
+            for ckpt in self._checkpoints(name):   # one being written when stopped is not whole
+                if int(ckpt.stem.rsplit("_", 1)[1]) > step:
+                    ckpt.unlink()
+            (run_dir / "budget.json").write_text(json.dumps(
+                {"step": step, "budget_s": self.budget_s}) + "\n")
+            _banner(f"{self.pair.name}: {name} stopped by the time budget; its last checkpoint "
+                    f"is step {step}")
 
     def translate(self, name: str) -> Path:
         # outputs are named by the checkpoint's step: a rerun with more --steps never reuses them
-        hyp = self.work / name / f"test.step{self.steps}.hyp"
+        hyp = self.work / name / f"test.step{self.final_step(name)}.hyp"
         if hyp.exists():
             return hyp
         _banner(f"{self.pair.name}: translate the test set with {name} (beam 5)")
@@ -274,7 +315,7 @@ class Pipeline:
     def score(self, name: str) -> dict:
         import sacrebleu
 
-        path = self.work / name / f"scores.step{self.steps}.json"
+        path = self.work / name / f"scores.step{self.final_step(name)}.json"
         if path.exists():
             return json.loads(path.read_text())
         hyps = self.translate(name).read_text(encoding="utf-8").splitlines()
@@ -293,12 +334,15 @@ class Pipeline:
     def report(self, command: str, device: str, notes=()) -> dict:
         from .report import TrainLog, write_report
 
-        logs = {n: TrainLog.parse(p.read_text() for p in sorted((self.work / n).glob(
-            "train.*.log"))) for n in self.models}
+        logs = {n: TrainLog.parse(p.read_text() for p in self._train_logs(n))
+                for n in self.models}
         scores = {n: self.score(n) for n in self.models}
         _banner(f"{self.pair.name}: report in {self.out}")
+        budget = "" if self.budget_s is None else (
+            f"a training time budget of {self.budget_s / 60:g} min per model, which ended at "
+            + ", ".join(f"step {self.final_step(n)} ({n})" for n in self.models) + "; at most ")
         notes = list(notes) + [
-            f"{self.steps} training steps per model, same seed and hyper-parameters; the sdrop "
+            f"{budget}{self.steps} training steps per model, same seed and hyper-parameters; the sdrop "
             "model adds `" + " ".join(MODELS["sdrop"]) + "` to the baseline's options.",
             "Model options: `" + " ".join(self.profile.train_args + tuple(self.extra)) + "`.",
             "tok/s: OpenNMT-py's logged target tokens per second, mean over report steps after "
@@ -341,6 +385,9 @@ def main(argv=None) -> int:
     ap.add_argument("--work", required=True, help="working folder (checkpoints, encoded data)")
     ap.add_argument("--out", required=True, help="where report.md, summary.json, curves.png go")
     ap.add_argument("--steps", type=int, help="training steps per model (default: the profile's)")
+    ap.add_argument("--time-budget", type=float, metavar="MIN",
+                    help="training wall-clock minutes per model (stops at the first finished "
+                         "checkpoint past it; --steps stays the upper bound)")
     ap.add_argument("--gpu", action="store_true", help="train and translate on GPU 0")
     ap.add_argument("--models", default="baseline,sdrop", help="comma-separated subset")
     ap.add_argument("--extra", default="", help="more onmt_train options for both models")
@@ -349,7 +396,7 @@ def main(argv=None) -> int:
         argv if argv is not None else sys.argv[1:]))
     try:
         pipe = Pipeline(args.pair, args.profile, args.raw, args.work, args.out, steps=args.steps,
-                        gpu=args.gpu, extra_args=shlex.split(args.extra),
+                        time_budget_min=args.time_budget, gpu=args.gpu, extra_args=shlex.split(args.extra),
                         models=args.models.split(","))
         pipe.run(command, device_name(args.gpu))
     except SdropError as exc:

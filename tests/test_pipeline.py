@@ -42,6 +42,29 @@ def test_whole_pipeline_on_the_sample(tmp_path):
         assert (work.parent / name / "test.step15.hyp").exists()
         assert (work.parent / name / "test.step10.hyp").exists()
 
+@pytest.mark.slow
+def test_time_budget_stops_at_a_whole_checkpoint(tmp_path):
+    """--time-budget: training stops at the first finished checkpoint past the budget, that
+    checkpoint is translated and scored, and a rerun finds the stage done."""
+    env = {"WORK": str(tmp_path / "work"), "RESULTS": str(tmp_path / "results")}
+    cmd = ["bash", str(ROOT / "recipes" / "run.sh"), "sample-deen", str(SAMPLE), "tiny",
+           "--time-budget", "0.0001"]
+    proc = run(cmd, env=env)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    work = tmp_path / "work" / "sample-deen-tiny"
+    for name in ("baseline", "sdrop"):
+        assert f"{name} stopped by the time budget; its last checkpoint is step 5" in proc.stdout
+        assert json.loads((work / name / "budget.json").read_text())["step"] == 5
+        assert not (work / name / "model_step_10.pt").exists()
+        assert (work / name / "test.step5.hyp").exists()
+    report = (tmp_path / "results" / "sample-deen-tiny" / "report.md").read_text()
+    assert "time budget of 0.0001 min per model, which ended at step 5 (baseline)" in report
+    again = run(cmd, env=env)
+    assert again.returncode == 0 and "stopped by the time budget" not in again.stdout
+    bad = run(cmd[:-1] + ["0"], env=env)
+    assert bad.returncode == 2 and "--time-budget must be > 0 minutes" in bad.stderr
+
+
 def test_missing_and_unpaired_raw_files(tmp_path):
     raw = tmp_path / "raw"
     raw.mkdir()

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # iwslt14-deen: baseline vs structured dropout. Usage (from the project root):
-#   recipes/iwslt14-deen/run.sh [RAW_DIR] [PROFILE] [--steps N] [--gpu]
+#   recipes/iwslt14-deen/run.sh [RAW_DIR] [PROFILE] [--steps N] [--time-budget MIN] [--gpu]
 # RAW_DIR defaults to $IWSLT14_DEEN_RAW or ../shared/data/iwslt14-deen; PROFILE to cpu-small.
 # Where to get the full corpus: see README, "Reproduce the paper".
 set -euo pipefail

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # multi30k-ende: baseline vs structured dropout. Usage (from the project root):
-#   recipes/multi30k-ende/run.sh [RAW_DIR] [PROFILE] [--steps N] [--gpu]
+#   recipes/multi30k-ende/run.sh [RAW_DIR] [PROFILE] [--steps N] [--time-budget MIN] [--gpu]
 # RAW_DIR defaults to $MULTI30K_ENDE_RAW or ../shared/data/multi30k-ende; PROFILE to cpu-small.
 # Where to get the full corpus: see README, "Reproduce the paper".
 set -euo pipefail
