@@ -86,7 +86,7 @@ class _CompactMatmul(Function):
     @staticmethod
     def forward(ctx, xc, token, ww, mask):
         xc = xc.contiguous()
-        w = ww.ext.to(xc.dtype)
+        w = ww.ext_as(xc.dtype)
         g, b, kmax = xc.shape
         n = w.shape[0]
         y = xc.new_zeros(g, b, n)
@@ -125,7 +125,7 @@ class _MatmulCompact(Function):
     @staticmethod
     def forward(ctx, x, token, ww, mask):
         x = x.contiguous()
-        w = ww.ext.to(x.dtype)
+        w = ww.ext_as(x.dtype)
         g, b, i = x.shape
         kmax, ws = mask.kmax, w.stride(0)
         yc = x.new_zeros(g, b, kmax)

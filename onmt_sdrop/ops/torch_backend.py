@@ -48,6 +48,15 @@ class WindowedWeight:
         self.ext = w.detach().index_select(dim, self.index)
         self.grad = None
         self.token = _Fold.apply(w, self)
+        self._cast = None
+
+    def ext_as(self, dtype) -> torch.Tensor:
+        """``ext`` in ``dtype`` (autocast's half), converted once per batch, not once per step."""
+        if dtype == self.ext.dtype:
+            return self.ext
+        if self._cast is None or self._cast.dtype != dtype:
+            self._cast = self.ext.to(dtype)
+        return self._cast
 
     def grad_buffer(self, dtype=None) -> torch.Tensor:
         if self.grad is None:
@@ -125,7 +134,7 @@ class _CompactMatmul(Function):
 
     @staticmethod
     def forward(ctx, xc, token, ww, mask):
-        w_ext = ww.ext.to(xc.dtype)
+        w_ext = ww.ext_as(xc.dtype)
         groups = _window_groups(mask)
         g, b, _ = xc.shape
         covered = sum(g if gs is None else len(gs) for _, k, gs in groups if k)
@@ -140,7 +149,7 @@ class _CompactMatmul(Function):
     @staticmethod
     def backward(ctx, dy):
         xc, = ctx.saved_tensors
-        w_ext = ctx.ww.ext.to(xc.dtype)
+        w_ext = ctx.ww.ext_as(xc.dtype)
         dxc = torch.zeros_like(xc) if ctx.needs_input_grad[0] else None
         dw = ctx.ww.grad_buffer() if ctx.needs_input_grad[1] else None
         for o, k, gs in ctx.groups:
@@ -170,7 +179,7 @@ class _MatmulCompact(Function):
 
     @staticmethod
     def forward(ctx, x, token, ww, mask):
-        w_ext = ww.ext.to(x.dtype)
+        w_ext = ww.ext_as(x.dtype)
         groups = _window_groups(mask)
         g, b, _ = x.shape
         yc = x.new_zeros(g, b, mask.kmax)
@@ -184,7 +193,7 @@ class _MatmulCompact(Function):
     @staticmethod
     def backward(ctx, dyc):
         x, = ctx.saved_tensors
-        w_ext = ctx.ww.ext.to(x.dtype)
+        w_ext = ctx.ww.ext_as(x.dtype)
         dx = torch.zeros_like(x) if ctx.needs_input_grad[0] else None
         dw = ctx.ww.grad_buffer() if ctx.needs_input_grad[1] else None
         for o, k, gs in ctx.groups:
