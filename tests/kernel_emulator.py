@@ -29,7 +29,8 @@ def _memory(t: torch.Tensor, offset: int, shape, strides) -> torch.Tensor:
     extent = sum((n - 1) * s for n, s in zip(t.shape, t.stride())) + 1
     lo = offset + sum((n - 1) * s for n, s in zip(shape, strides) if s < 0)
     hi = offset + sum((n - 1) * s for n, s in zip(shape, strides) if s > 0)
-    assert 0 <= lo and hi < extent, f"kernel would address [{lo}, {hi}] of a {extent}-element buffer"
+    assert 0 <= lo and hi < extent, \
+        f"kernel would address [{lo}, {hi}] of a {extent}-element buffer"
     return t.as_strided(shape, strides, t.storage_offset() + offset)
 
 
@@ -91,17 +92,13 @@ def _lstm_pointwise(fn, grid, block, args):
         _rows(h_next, rows, h, "h_next").copy_(torch.where(v, hn, hp))
         _rows(out, rows, h, "out").copy_(torch.where(v, hn, torch.zeros_like(hn)))
         return
-    i, f, g, o = _rows(acts, rows, 4 * h, "acts").float().chunk(4, -1)
-    tc = _rows(c_new, rows, h, "c_new").float().tanh()
-    vf = v.float()
+    # dh, dc are updated in place: dh keeps only what passes a padded step (the caller's GEMM adds
+    # dgates W_hh), dc becomes dc_{t-1}
     dhv, dcv = _rows(dh, rows, h, "dh"), _rows(dc, rows, h, "dc")
-    d_o = 0.0 if d_out is None else _rows(d_out, rows, h, "d_out").float()
-    dhn = vf * (dhv + d_o)
-    dcn = vf * dcv + dhn * o * (1 - tc * tc)
-    cp = _rows(c_prev, rows, h, "c_prev").float()
-    _rows(dgates, rows, 4 * h, "dgates").copy_(torch.cat(
-        [dcn * g * i * (1 - i), dcn * cp * f * (1 - f), dcn * i * (1 - g * g),
-         dhn * tc * o * (1 - o)], -1))
-    dc_prev = dcn * f + (1 - vf) * dcv
-    dhv.copy_((1 - vf) * dhv)
+    dg, carry_h, dc_prev = torch_backend.lstm_pointwise_backward(
+        _rows(acts, rows, 4 * h, "acts").float(), _rows(c_new, rows, h, "c_new").float(),
+        _rows(c_prev, rows, h, "c_prev").float(), dhv, dcv,
+        None if d_out is None else _rows(d_out, rows, h, "d_out").float(), v)
+    _rows(dgates, rows, 4 * h, "dgates").copy_(dg)
+    dhv.copy_(carry_h)
     dcv.copy_(dc_prev)

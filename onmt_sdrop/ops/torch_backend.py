@@ -224,6 +224,30 @@ def lstm_pointwise(gates: torch.Tensor, c_prev: torch.Tensor):
     return torch.cat([i, f, g, o], -1), c, h
 
 
+def lstm_pointwise_backward(acts, c_new, c_prev, dh, dc, d_out=None, valid=None, out=None):
+    """Backward of :func:`lstm_pointwise` through one step under the length mask ``valid``.
+
+    ``dh``, ``dc``: gradients w.r.t. the state after the step; ``d_out``: w.r.t. its output.
+    Returns (gate gradients, written into ``out`` if given; the part of ``dh`` that passes a
+    padded step unchanged, to which the caller adds ``dgates @ W_hh`` for h_{t-1}; dc_{t-1})."""
+    i, f, g, o = acts.chunk(4, -1)
+    tc = c_new.tanh()
+    dhn = dh if d_out is None else dh + d_out
+    carry_h = carry_c = 0
+    if valid is not None:
+        v = valid.to(acts.dtype)
+        carry_h, carry_c = (1 - v) * dh, (1 - v) * dc
+        dhn, dc = v * dhn, v * dc
+    dcn = dc + dhn * o * (1 - tc * tc)
+    dgates = torch.empty_like(acts) if out is None else out
+    di, df, dgg, do = dgates.chunk(4, -1)
+    torch.mul(dcn * g, i * (1 - i), out=di)
+    torch.mul(dcn * c_prev, f * (1 - f), out=df)
+    torch.mul(dcn * i, 1 - g * g, out=dgg)
+    torch.mul(dhn * tc, o * (1 - o), out=do)
+    return dgates, carry_h, dcn * f + carry_c
+
+
 class _LSTMSequence(Function):
     """Forward and backward-through-time of a (multi-direction) LSTM layer whose input projections
     ``gx`` are precomputed. One dense recurrent GEMM per step, no autograd graph inside."""
@@ -264,26 +288,10 @@ class _LSTMSequence(Function):
         dc = torch.zeros_like(c_prev[0]) if d_cT is None else d_cT.clone()
         dgates = torch.empty_like(acts)
         for t in range(steps - 1, -1, -1):
-            i, f, g, o = acts[t].chunk(4, -1)
-            tc = c_new[t].tanh()
-            d_out = d_outs[t] if d_outs is not None else 0
-            if ctx.has_valid:
-                v = valid[t].to(acts.dtype)
-                dhn = v * (dh + d_out)
-                dcn = v * dc + dhn * o * (1 - tc * tc)
-                carry_h, carry_c = (1 - v) * dh, (1 - v) * dc
-            else:
-                dhn = dh + d_out
-                dcn = dc + dhn * o * (1 - tc * tc)
-                carry_h = carry_c = 0
-            dg = dgates[t]
-            di, df, dgg, do = dg.chunk(4, -1)
-            torch.mul(dcn * g, i * (1 - i), out=di)
-            torch.mul(dcn * c_prev[t], f * (1 - f), out=df)
-            torch.mul(dcn * i, 1 - g * g, out=dgg)
-            torch.mul(dhn * tc, o * (1 - o), out=do)
-            dh = torch.bmm(dg, w_hh) + carry_h
-            dc = dcn * f + carry_c
+            _, carry_h, dc = lstm_pointwise_backward(
+                acts[t], c_new[t], c_prev[t], dh, dc, None if d_outs is None else d_outs[t],
+                valid[t] if ctx.has_valid else None, out=dgates[t])
+            dh = torch.bmm(dgates[t], w_hh) + carry_h
         d_gx = dgates if ctx.needs_input_grad[0] else None
         d_whh = None
         if ctx.needs_input_grad[1]:
