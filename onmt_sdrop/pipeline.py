@@ -149,7 +149,7 @@ def _stream(cmd: list[str], log_path: Path, deadline: float | None = None) -> in
             if "Warning" not in line and "@custom_" not in line:
                 print("  " + line, end="", flush=True)
             if "Saving checkpoint" in line:
-                saving = int(line.rsplit("_step_", 1)[1].split(".pt")[0])
+                saving = _step_of(Path(line.split("Saving checkpoint", 1)[1].strip()))
             elif " Step " in line:
                 saved = saving
                 if deadline is not None and saved is not None and time.time() > deadline:
@@ -160,6 +160,11 @@ def _stream(cmd: list[str], log_path: Path, deadline: float | None = None) -> in
         raise SdropError(f"command failed with status {proc.returncode} (log: {log_path}): "
                          + " ".join(cmd[:4]) + " ...")
     return None
+
+
+def _step_of(checkpoint: Path) -> int:
+    """``model_step_2500.pt`` -> 2500."""
+    return int(checkpoint.stem.rsplit("_", 1)[1])
 
 
 def _onmt(tool: str) -> list[str]:
@@ -242,7 +247,7 @@ class Pipeline:
 
     def _checkpoints(self, name: str) -> list[Path]:
         ckpts = (self.work / name).glob("model_step_*.pt")
-        return sorted(ckpts, key=lambda p: int(p.stem.rsplit("_", 1)[1]))
+        return sorted(ckpts, key=_step_of)
 
     def final_step(self, name: str) -> int:
         """The step of the model that is translated: the last one, or where the budget ended."""
@@ -284,7 +289,7 @@ class Pipeline:
         step = _stream(cmd, run_dir / f"train.{len(self._train_logs(name))}.log", deadline)
         if step is not None:
             for ckpt in self._checkpoints(name):   # one being written when stopped is not whole
-                if int(ckpt.stem.rsplit("_", 1)[1]) > step:
+                if _step_of(ckpt) > step:
                     ckpt.unlink()
             (run_dir / "budget.json").write_text(json.dumps(
                 {"step": step, "budget_s": self.budget_s}) + "\n")
@@ -342,8 +347,8 @@ class Pipeline:
             f"a training time budget of {self.budget_s / 60:g} min per model, which ended at "
             + ", ".join(f"step {self.final_step(n)} ({n})" for n in self.models) + "; at most ")
         notes = list(notes) + [
-            f"{budget}{self.steps} training steps per model, same seed and hyper-parameters; the sdrop "
-            "model adds `" + " ".join(MODELS["sdrop"]) + "` to the baseline's options.",
+            f"{budget}{self.steps} training steps per model, same seed and hyper-parameters; the "
+            "sdrop model adds `" + " ".join(MODELS["sdrop"]) + "` to the baseline's options.",
             "Model options: `" + " ".join(self.profile.train_args + tuple(self.extra)) + "`.",
             "tok/s: OpenNMT-py's logged target tokens per second, mean over report steps after "
             "the first; wall times from the same logs (training only, validation included)."]
@@ -396,8 +401,8 @@ def main(argv=None) -> int:
         argv if argv is not None else sys.argv[1:]))
     try:
         pipe = Pipeline(args.pair, args.profile, args.raw, args.work, args.out, steps=args.steps,
-                        time_budget_min=args.time_budget, gpu=args.gpu, extra_args=shlex.split(args.extra),
-                        models=args.models.split(","))
+                        time_budget_min=args.time_budget, gpu=args.gpu,
+                        extra_args=shlex.split(args.extra), models=args.models.split(","))
         pipe.run(command, device_name(args.gpu))
     except SdropError as exc:
         print(f"pipeline: error: {exc}", file=sys.stderr)
