@@ -46,6 +46,13 @@ def loss_of(model, src, tgt, src_len):
     return (logits * weights).sum() + sum((a * 0.3).sum() for a in attns.values()), out
 
 
+def assert_close_scaled(got, want, tol: float, msg=None):
+    """``got`` equals ``want`` within ``tol``, relative and absolute; the absolute part grows with
+    ``want``'s largest entry (half precision rounds relative to magnitude)."""
+    torch.testing.assert_close(got, want, rtol=tol, atol=tol * max(1.0, want.abs().max().item()),
+                               msg=msg)
+
+
 def ops_under_autocast(ops, device, amp: bool):
     """Outputs and input gradients of the producer, consumer and LSTM ops of backend ``ops`` on
     fixed float32 inputs, inside ``torch.autocast(device, float16)`` when ``amp``."""

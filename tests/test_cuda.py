@@ -12,7 +12,8 @@ import pytest
 import torch
 
 import kernel_emulator
-from conftest import batch, build, copy_weights, grads, loss_of, ops_under_autocast
+from conftest import (assert_close_scaled, batch, build, copy_weights, grads, loss_of,
+                      ops_under_autocast)
 from onmt_sdrop.masks import StepMask, sample_step_mask
 from onmt_sdrop.ops import cupy_available, cupy_backend, torch_backend
 
@@ -76,8 +77,7 @@ def test_grouped_gemms_match_torch_backend(device, dtype, tol, size, out, b):
             res.append((y, xr.grad.float(), w.grad.clone()))
             w.grad = None
         for got, want in zip(res[1], res[0]):
-            scale = max(1.0, want.abs().max().item())
-            torch.testing.assert_close(got, want, rtol=tol, atol=tol * scale)
+            assert_close_scaled(got, want, tol)
 
 
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-4)])
@@ -113,8 +113,7 @@ def test_autocast_matches_torch_backend(device):
     got_outs, got_grads = ops_under_autocast(cupy_backend, device, amp=True)
     for got, want in zip(got_outs + got_grads, want_outs + want_grads):
         assert got.dtype == want.dtype
-        scale = max(1.0, want.abs().max().item())
-        torch.testing.assert_close(got.float(), want.float(), rtol=2e-2, atol=2e-2 * scale)
+        assert_close_scaled(got.float(), want.float(), 2e-2)
 
 
 def test_full_model_cupy_equals_torch_backend(device, monkeypatch):
