@@ -32,7 +32,7 @@ def kept_count(size: int, p: float) -> int:
     return size - int(round(p * size))
 
 
-@dataclass
+@dataclass(eq=False)
 class StepMask:
     """Kept units per group (time step), shared by every sample of the batch.
 
@@ -40,6 +40,12 @@ class StepMask:
     offsets: (G,) long, window start of each group in ``perm``
     counts:  (G,) long, number of kept units of each group (``<= kmax``)
     scale:   (G,) float, the inverse keep rate applied to kept units
+    windows: the (offset, count) of each group as Python ints. Masks are drawn on the host, so
+             sampling records them for free; backends plan their GEMMs from them without ever
+             reading a device tensor back (no host sync in forward or backward).
+
+    The index tensors the ops need (:meth:`window_index`, :meth:`column_weight`, the groups that
+    share a window) are made once per mask, on the mask's device, and sliced for a single step.
     """
 
     perm: torch.Tensor
@@ -48,44 +54,87 @@ class StepMask:
     scale: torch.Tensor
     size: int
     kmax: int
+    windows: tuple = None
+
+    def __post_init__(self):
+        if self.windows is None:   # a mask built by hand (tests): read its windows once
+            self.windows = tuple(zip(self.offsets.tolist(), self.counts.tolist()))
+        self._cache = {}
 
     @property
     def groups(self) -> int:
-        return int(self.offsets.numel())
+        return len(self.windows)
+
+    @property
+    def device(self) -> torch.device:
+        return self.perm.device
 
     def to(self, device) -> "StepMask":
         return StepMask(self.perm.to(device), self.offsets.to(device), self.counts.to(device),
-                        self.scale.to(device), self.size, self.kmax)
+                        self.scale.to(device), self.size, self.kmax, self.windows)
+
+    def _cached(self, key, make):
+        if key not in self._cache:
+            self._cache[key] = make()
+        return self._cache[key]
 
     def step(self, g) -> "StepMask":
-        """The mask of group ``g`` (an int or a slice) as a mask of its own."""
+        """The mask of group ``g`` (an int or a slice) as a mask of its own (cached slices)."""
         sl = slice(g, g + 1) if isinstance(g, int) else g
-        return StepMask(self.perm, self.offsets[sl], self.counts[sl], self.scale[sl],
-                        self.size, self.kmax)
+        sub = StepMask(self.perm, self.offsets[sl], self.counts[sl], self.scale[sl], self.size,
+                       self.kmax, self.windows[sl])
+        for key, value in self._cache.items():
+            if key[0] in ("index", "weight"):
+                sub._cache[key] = value[sl]
+        return sub
+
+    @staticmethod
+    def cat(masks) -> "StepMask":
+        """The groups of several masks of one batch (one ``perm``), in order, as one mask."""
+        first = masks[0]
+        assert all(m.perm is first.perm for m in masks), "masks of different batches"
+        return StepMask(first.perm, torch.cat([m.offsets for m in masks]),
+                        torch.cat([m.counts for m in masks]), torch.cat([m.scale for m in masks]),
+                        first.size, first.kmax, sum((m.windows for m in masks), ()))
 
     def ext_perm(self) -> torch.Tensor:
         """``perm`` followed by its first ``kmax`` entries: every window is a contiguous slice."""
-        return torch.cat([self.perm, self.perm[: self.kmax]])
+        return self._cached(("ext",), lambda: torch.cat([self.perm, self.perm[: self.kmax]]))
 
     def window_index(self) -> torch.Tensor:
         """(G, kmax) unit index of each compact column; columns past ``counts[g]`` are dropped units."""
-        j = torch.arange(self.kmax, device=self.perm.device)
-        return self.perm[(self.offsets[:, None] + j[None, :]) % self.size]
+        def make():
+            j = torch.arange(self.kmax, device=self.device)
+            return self.perm[(self.offsets[:, None] + j[None, :]) % self.size]
+        return self._cached(("index",), make)
 
     def column_weight(self, dtype=torch.float32) -> torch.Tensor:
         """(G, kmax) scale for kept compact columns, 0 for the padding past ``counts[g]``."""
-        j = torch.arange(self.kmax, device=self.perm.device)
-        keep = j[None, :] < self.counts[:, None]
-        return keep.to(dtype) * self.scale[:, None].to(dtype)
+        def make():
+            j = torch.arange(self.kmax, device=self.device)
+            keep = j[None, :] < self.counts[:, None]
+            return keep.to(dtype) * self.scale[:, None].to(dtype)
+        return self._cached(("weight", dtype), make)
 
     def dense(self, dtype=torch.float32) -> torch.Tensor:
         """(G, size) multiplicative mask: ``scale`` at kept units, 0 elsewhere."""
-        out = torch.zeros(self.groups, self.size, dtype=dtype, device=self.perm.device)
+        out = torch.zeros(self.groups, self.size, dtype=dtype, device=self.device)
         return out.scatter_(1, self.window_index(), self.column_weight(dtype))
 
-    def host_windows(self):
-        """(offsets, counts) as Python ints, for backends that loop over groups on the host."""
-        return list(zip(self.offsets.tolist(), self.counts.tolist()))
+    def window_groups(self):
+        """[(offset, count, groups)] for each distinct window with kept units: ``groups`` is None
+        when every group has that window, an int for a window of one group, else a long tensor
+        of group indices on the mask's device. Steps that share a window share one GEMM."""
+        def make():
+            by_window: dict = {}
+            for g, w in enumerate(self.windows):
+                by_window.setdefault(w, []).append(g)
+            if len(by_window) == 1:
+                (o, k), = by_window
+                return [(o, k, None)] if k else []
+            return [(o, k, gs[0] if len(gs) == 1 else torch.tensor(gs, device=self.device))
+                    for (o, k), gs in by_window.items() if k > 0]
+        return self._cached(("groups",), make)
 
 
 def sample_step_mask(groups: int, size: int, p: float, *, count: str = "fixed",
@@ -124,8 +173,9 @@ def sample_step_mask(groups: int, size: int, p: float, *, count: str = "fixed",
         pick = torch.zeros(groups, dtype=torch.long)
     else:
         pick = torch.randint(0, n_off, (groups,), generator=generator)
-    return StepMask(perm, offsets[pick], counts[pick], scale[pick], size,
-                    max(int(counts.max()), 1))
+    offsets, counts = offsets[pick], counts[pick]
+    return StepMask(perm, offsets, counts, scale[pick], size, max(int(counts.max()), 1),
+                    tuple(zip(offsets.tolist(), counts.tolist())))
 
 
 def sample_dense_mask(shape, p: float, pattern: str, *, dtype=torch.float32,

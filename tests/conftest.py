@@ -42,7 +42,8 @@ def loss_of(model, src, tgt, src_len):
     out, attns = model(src, tgt, src_len)
     gen = getattr(model.generator, "linear", model.generator)  # CopyGenerator: its vocab part
     logits = gen(out.reshape(-1, out.shape[-1]))
-    weights = torch.linspace(-1, 1, logits.numel(), dtype=logits.dtype).view_as(logits)
+    weights = torch.linspace(-1, 1, logits.numel(), dtype=logits.dtype,
+                             device=logits.device).view_as(logits)
     return (logits * weights).sum() + sum((a * 0.3).sum() for a in attns.values()), out
 
 

@@ -1,9 +1,11 @@
 """Compacted tensor ops behind one interface, with a pure-torch and a CUDA (CuPy) backend.
 
-Knows neither OpenNMT-py nor the LSTM modules. Each backend is a module with the functions
-``gather, scatter, permute_weight, compact_matmul, matmul_compact, lstm_sequence``
-(see :mod:`onmt_sdrop.ops.torch_backend` for their contracts); :mod:`.reference` holds the dense
-masked reference every backend is tested against.
+Knows neither OpenNMT-py nor the LSTM modules. Each backend is a module exporting
+:data:`INTERFACE`: the six grouped GEMMs named as in ``kernels/grouped_gemm.cu``'s table, the two
+autograd ops built on them, and the LSTM recurrence (contracts in
+:mod:`onmt_sdrop.ops.torch_backend`). What every backend shares (the compact layout's gather and
+scatter, the windowed weight, the autograd Functions) is :mod:`.common`; :mod:`.reference` holds
+the dense masked reference every backend is tested against.
 """
 from __future__ import annotations
 
@@ -12,6 +14,11 @@ import importlib
 from ..errors import SdropError
 
 BACKENDS = ("auto", "torch", "cupy", "dense")
+
+INTERFACE = ("gather", "scatter", "permute_weight",
+             "consumer_fwd", "consumer_dx", "consumer_dw",
+             "producer_fwd", "producer_dx", "producer_dw",
+             "compact_matmul", "matmul_compact", "lstm_sequence")
 
 # "auto" picks the CUDA kernels only once they have passed tests/test_cuda.py on a real GPU
 # (bench/gpu_check.sh). Until then they run only when asked for by name (-sdrop_backend cupy).

@@ -18,7 +18,7 @@ def autocast_op(op):
     @functools.wraps(op)
     def run(first: torch.Tensor, *args):
         device = first.device.type
-        if not torch.is_autocast_enabled(device):
+        if not torch.amp.is_autocast_available(device) or not torch.is_autocast_enabled(device):
             return op(first, *args)
         dtype = torch.get_autocast_dtype(device)
         first, *args = (a.to(dtype) if isinstance(a, torch.Tensor) and a.is_floating_point()

@@ -9,6 +9,7 @@ math, forward and backward, into one kernel per step. Kernel sources: ``onmt_sdr
 from __future__ import annotations
 
 import functools
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,16 +17,11 @@ import torch
 from torch.autograd import Function
 
 from ..masks import StepMask
-from . import torch_backend
 from .amp import autocast_op
+from .common import CompactMatmul, MatmulCompact, gather, permute_weight, scatter  # noqa: F401
 
 KERNELS = Path(__file__).resolve().parents[1] / "kernels"
 TILE, ROWS_PER_THREAD = 32, 8
-
-# gather/scatter/permute are index copies that torch already does well on the GPU
-gather = torch_backend.gather
-scatter = torch_backend.scatter
-permute_weight = torch_backend.permute_weight
 
 
 @functools.lru_cache(maxsize=None)
@@ -62,6 +58,7 @@ def _launch(module: str, fn: str, grid, block, args) -> None:
 
 
 def _windows(mask: StepMask, device):
+    # the mask's tensors already live on the data's device (copied once per batch)
     return mask.offsets.to(device=device, dtype=torch.long).contiguous(), \
         mask.counts.to(device=device, dtype=torch.long).contiguous()
 
@@ -82,81 +79,79 @@ def _grouped_gemm(a, b, c, mask, *, mode, m, n, k, a_s, b_s, c_s, accumulate=Fal
     _launch("grouped_gemm", name, grid, (TILE, TILE // ROWS_PER_THREAD), args)
 
 
-class _CompactMatmul(Function):
-    @staticmethod
-    def forward(ctx, xc, token, ww, mask):
-        xc = xc.contiguous()
-        w = ww.ext_as(xc.dtype)
-        g, b, kmax = xc.shape
-        n = w.shape[0]
-        y = xc.new_zeros(g, b, n)
-        ws = w.stride(0)
-        _grouped_gemm(xc, w, y, mask, mode=4, m=b, n=n, k=kmax,
-                      a_s=(b * kmax, 0, kmax, 1), b_s=(0, 1, 1, ws), c_s=(b * n, 0, n, 1))
-        ctx.mask, ctx.ww = mask, ww
-        ctx.save_for_backward(xc, w)
-        return y
+# The six grouped GEMMs of kernels/grouped_gemm.cu's table, each ONE launch for all groups.
+# ``w`` is ``WindowedWeight.ext`` (permuted once per batch); weight gradients accumulate into a
+# float32 buffer ``dw``.
 
-    @staticmethod
-    def backward(ctx, dy):
-        xc, w = ctx.saved_tensors
-        dy = dy.contiguous().to(xc.dtype)
-        g, b, kmax = xc.shape
-        n, ws = w.shape[0], w.stride(0)
-        dxc = dw = None
-        if ctx.needs_input_grad[0]:
-            dxc = torch.zeros_like(xc)
-            _grouped_gemm(dy, w, dxc, ctx.mask, mode=2, m=b, n=kmax, k=n,
-                          a_s=(b * n, 0, n, 1), b_s=(0, 1, ws, 1), c_s=(b * kmax, 0, kmax, 1))
-        if ctx.needs_input_grad[1]:
-            dw = ctx.ww.grad_buffer(torch.float32)   # float accumulation across all calls
-            _grouped_gemm(dy, xc, dw, ctx.mask, mode=2, m=n, n=kmax, k=b,
-                          a_s=(b * n, 0, 1, n), b_s=(b * kmax, 0, kmax, 1),
-                          c_s=(0, 1, dw.stride(0), 1), accumulate=True)
-        return dxc, torch_backend.token_grad(ctx), None, None
+def consumer_fwd(xc, w, mask: StepMask):
+    xc = xc.contiguous()
+    g, b, kmax = xc.shape
+    n = w.shape[0]
+    y = xc.new_zeros(g, b, n)
+    _grouped_gemm(xc, w, y, mask, mode=4, m=b, n=n, k=kmax,
+                  a_s=(b * kmax, 0, kmax, 1), b_s=(0, 1, 1, w.stride(0)), c_s=(b * n, 0, n, 1))
+    return y
+
+
+def consumer_dx(dy, w, mask: StepMask):
+    dy = dy.contiguous()
+    g, b, n = dy.shape
+    kmax = mask.kmax
+    dxc = dy.new_zeros(g, b, kmax)
+    _grouped_gemm(dy, w, dxc, mask, mode=2, m=b, n=kmax, k=n,
+                  a_s=(b * n, 0, n, 1), b_s=(0, 1, w.stride(0), 1), c_s=(b * kmax, 0, kmax, 1))
+    return dxc
+
+
+def consumer_dw(dy, xc, mask: StepMask, dw) -> None:
+    dy, xc = dy.contiguous(), xc.contiguous()
+    g, b, kmax = xc.shape
+    n = dy.shape[2]
+    _grouped_gemm(dy, xc, dw, mask, mode=2, m=n, n=kmax, k=b,
+                  a_s=(b * n, 0, 1, n), b_s=(b * kmax, 0, kmax, 1),
+                  c_s=(0, 1, dw.stride(0), 1), accumulate=True)
+
+
+def producer_fwd(x, w, mask: StepMask):
+    x = x.contiguous()
+    g, b, i = x.shape
+    kmax, ws = mask.kmax, w.stride(0)
+    yc = x.new_zeros(g, b, kmax)
+    _grouped_gemm(x, w, yc, mask, mode=2, m=b, n=kmax, k=i,
+                  a_s=(b * i, 0, i, 1), b_s=(0, ws, 1, ws), c_s=(b * kmax, 0, kmax, 1))
+    return yc
+
+
+def producer_dx(dyc, w, mask: StepMask):
+    dyc = dyc.contiguous()
+    g, b, kmax = dyc.shape
+    i, ws = w.shape[1], w.stride(0)
+    dx = dyc.new_zeros(g, b, i)
+    _grouped_gemm(dyc, w, dx, mask, mode=4, m=b, n=i, k=kmax,
+                  a_s=(b * kmax, 0, kmax, 1), b_s=(0, ws, ws, 1), c_s=(b * i, 0, i, 1))
+    return dx
+
+
+def producer_dw(dyc, x, mask: StepMask, dw) -> None:
+    dyc, x = dyc.contiguous(), x.contiguous()
+    g, b, kmax = dyc.shape
+    i = x.shape[2]
+    _grouped_gemm(dyc, x, dw, mask, mode=1, m=kmax, n=i, k=b,
+                  a_s=(b * kmax, 0, 1, kmax), b_s=(b * i, 0, i, 1),
+                  c_s=(0, dw.stride(0), dw.stride(0), 1), accumulate=True)
+
+
+_GEMMS = sys.modules[__name__]
 
 
 @autocast_op
 def compact_matmul(xc: torch.Tensor, ww, mask: StepMask) -> torch.Tensor:
-    return _CompactMatmul.apply(xc, ww.token, ww, mask)
-
-
-class _MatmulCompact(Function):
-    @staticmethod
-    def forward(ctx, x, token, ww, mask):
-        x = x.contiguous()
-        w = ww.ext_as(x.dtype)
-        g, b, i = x.shape
-        kmax, ws = mask.kmax, w.stride(0)
-        yc = x.new_zeros(g, b, kmax)
-        _grouped_gemm(x, w, yc, mask, mode=2, m=b, n=kmax, k=i,
-                      a_s=(b * i, 0, i, 1), b_s=(0, ws, 1, ws), c_s=(b * kmax, 0, kmax, 1))
-        ctx.mask, ctx.ww = mask, ww
-        ctx.save_for_backward(x, w)
-        return yc
-
-    @staticmethod
-    def backward(ctx, dyc):
-        x, w = ctx.saved_tensors
-        dyc = dyc.contiguous().to(x.dtype)
-        g, b, i = x.shape
-        kmax, ws = ctx.mask.kmax, w.stride(0)
-        dx = dw = None
-        if ctx.needs_input_grad[0]:
-            dx = torch.zeros_like(x)
-            _grouped_gemm(dyc, w, dx, ctx.mask, mode=4, m=b, n=i, k=kmax,
-                          a_s=(b * kmax, 0, kmax, 1), b_s=(0, ws, ws, 1), c_s=(b * i, 0, i, 1))
-        if ctx.needs_input_grad[1]:
-            dw = ctx.ww.grad_buffer(torch.float32)
-            _grouped_gemm(dyc, x, dw, ctx.mask, mode=1, m=kmax, n=i, k=b,
-                          a_s=(b * kmax, 0, 1, kmax), b_s=(b * i, 0, i, 1),
-                          c_s=(0, dw.stride(0), dw.stride(0), 1), accumulate=True)
-        return dx, torch_backend.token_grad(ctx), None, None
+    return CompactMatmul.apply(xc, ww.token, ww, mask, _GEMMS)
 
 
 @autocast_op
 def matmul_compact(x: torch.Tensor, ww, mask: StepMask) -> torch.Tensor:
-    return _MatmulCompact.apply(x, ww.token, ww, mask)
+    return MatmulCompact.apply(x, ww.token, ww, mask, _GEMMS)
 
 
 def _launch_pointwise(fn: str, dtype, rows: int, h: int, args):

@@ -8,117 +8,55 @@ slice, so the per-group GEMMs read views and copy nothing.
 """
 from __future__ import annotations
 
+import sys
+
 import torch
 from torch.autograd import Function
 
 from ..masks import StepMask
 from .amp import autocast_op
+from .common import CompactMatmul, MatmulCompact, WindowedWeight, gather, permute_weight, scatter
 
 
-# ---------------------------------------------------------------- gather / scatter (cheap copies)
-
-def gather(x: torch.Tensor, mask: StepMask) -> torch.Tensor:
-    """Dense ``(G, B, H)`` -> compact ``(G, B, kmax)``, scaled: the dropped value, kept columns only."""
-    g, b, _ = x.shape
-    idx = mask.window_index()[:, None, :].expand(g, b, mask.kmax)
-    return torch.gather(x, 2, idx) * mask.column_weight(x.dtype)[:, None, :]
-
-
-def scatter(xc: torch.Tensor, mask: StepMask) -> torch.Tensor:
-    """Compact ``(G, B, kmax)`` -> dense ``(G, B, H)`` with zeros at the dropped units."""
-    g, b, _ = xc.shape
-    idx = mask.window_index()[:, None, :].expand(g, b, mask.kmax)
-    # padding columns are zero and point at dropped units, so a plain scatter is exact
-    return xc.new_zeros(g, b, mask.size).scatter(2, idx, xc)
-
-
-class WindowedWeight:
-    """A weight with one axis in extended permuted order (``H + kmax`` long), for one batch.
-
-    Every group reads its kept slice of ``ext``; the ops add their weight gradients into one
-    buffer (``grad``) instead of returning a full-size gradient per call, and :class:`_Fold` hands
-    the folded sum to the real parameter once, after the last of them (autograd runs a node's
-    backward only when every consumer of its output has run). Per-step callers (the input-fed
-    decoder) thus write only the kept slices, never a full weight-sized buffer per step.
-    """
-
-    def __init__(self, w: torch.Tensor, mask: StepMask, dim: int):
-        self.index = mask.ext_perm().to(w.device)
-        self.dim = dim
-        self.ext = w.detach().index_select(dim, self.index)
-        self.grad = None
-        self.token = _Fold.apply(w, self)
-        self._cast = None
-
-    def ext_as(self, dtype) -> torch.Tensor:
-        """``ext`` in ``dtype`` (autocast's half), converted once per batch, not once per step."""
-        if dtype == self.ext.dtype:
-            return self.ext
-        if self._cast is None or self._cast.dtype != dtype:
-            self._cast = self.ext.to(dtype)
-        return self._cast
-
-    def grad_buffer(self, dtype=None) -> torch.Tensor:
-        if self.grad is None:
-            self.grad = torch.zeros(self.ext.shape, dtype=dtype or self.ext.dtype,
-                                    device=self.ext.device)
-        return self.grad
-
-
-class _Fold(Function):
-    @staticmethod
-    def forward(ctx, w, ww):
-        ctx.ww = ww
-        ctx.shape, ctx.dtype = w.shape, w.dtype
-        return w.new_zeros(())
-
-    @staticmethod
-    def backward(ctx, _):
-        ww = ctx.ww
-        if ww.grad is None:
-            return None, None
-        dw = torch.zeros(ctx.shape, dtype=ctx.dtype, device=ww.grad.device)
-        dw.index_add_(ww.dim, ww.index, ww.grad.to(ctx.dtype))
-        ww.grad = None
-        return dw, None
-
-
-def permute_weight(w: torch.Tensor, mask: StepMask, dim: int) -> WindowedWeight:
-    """``w`` prepared for the windows of ``mask`` along axis ``dim`` (once per batch)."""
-    return WindowedWeight(w, mask, dim)
-
-
-# ---------------------------------------------------------------- grouped GEMMs
+# ---------------------------------------------------------------- the six grouped GEMMs
 #
-# Groups that share a window (the "fixed" pattern, or a step pattern with few distinct masks per
-# batch) are stacked into one GEMM: on a CPU a GEMM of B rows re-packs its weight panel every call,
-# so fewer, taller GEMMs are what makes the skipped work show up as time saved.
-
-def _window_groups(mask: StepMask):
-    """[(offset, count, group indices or None for "all groups")] for the distinct windows."""
-    windows = mask.host_windows()
-    by_window: dict = {}
-    for g, w in enumerate(windows):
-        by_window.setdefault(w, []).append(g)
-    if len(by_window) == 1:
-        (o, k), = by_window
-        return [(o, k, None)]
-    return [(o, k, torch.tensor(gs)) for (o, k), gs in by_window.items() if k > 0]
-
+# Named as in kernels/grouped_gemm.cu's table; ``w`` is ``WindowedWeight.ext`` (permuted once per
+# batch), ``dw`` a gradient buffer of its shape. Groups that share a window (the "fixed" pattern,
+# or few distinct masks per batch) are stacked into one GEMM: on a CPU a GEMM of B rows re-packs
+# its weight panel at every call, so fewer, taller GEMMs are what turns skipped work into time.
 
 def _rows(t: torch.Tensor, gs, k=None):
-    """Rows of the groups ``gs`` stacked as a matrix (first ``k`` columns if given)."""
-    sel = t if gs is None else t.index_select(0, gs)
-    sel = sel.reshape(-1, sel.shape[-1])
+    """Rows of the groups ``gs`` (None = all, an int, or an index tensor) as a matrix, first ``k``
+    columns if given."""
+    if gs is None:
+        sel = t.reshape(-1, t.shape[-1])
+    elif isinstance(gs, int):
+        sel = t[gs]
+    else:
+        sel = t.index_select(0, gs).reshape(-1, t.shape[-1])
     return sel if k is None else sel[:, :k]
 
 
-def _put(dst: torch.Tensor, gs, k, value: torch.Tensor):
-    """Write ``value`` (rows of groups ``gs``) into ``dst[gs, :, :k]``."""
-    if gs is None:
-        dst[..., :k] = value.view(*dst.shape[:-1], k)
+def _mm_into(dst: torch.Tensor, gs, k: int, a: torch.Tensor, b: torch.Tensor) -> None:
+    """``dst[gs, :, :k] = a @ b``, written in place where the destination is contiguous."""
+    full = k == dst.shape[-1]
+    if gs is None and full:
+        torch.mm(a, b, out=dst.view(-1, k))
+    elif isinstance(gs, int) and full:
+        torch.mm(a, b, out=dst[gs])
+    elif gs is None:
+        dst[..., :k] = (a @ b).view(*dst.shape[:-1], k)
+    elif isinstance(gs, int):
+        dst[gs, :, :k] = a @ b
     else:
-        dst[gs, :, :k] = value.view(len(gs), dst.shape[1], k)
+        dst[gs, :, :k] = (a @ b).view(len(gs), dst.shape[1], k)
+
+
+def _new_out(like: torch.Tensor, shape, mask: StepMask, width_is_count: bool):
+    """An output every group writes whole (empty), or one with untouched parts (zeros)."""
+    covered = sum(1 for _, k in mask.windows if k) == mask.groups
+    whole = covered and (not width_is_count or all(k == mask.kmax for _, k in mask.windows))
+    return (like.new_empty if whole else like.new_zeros)(shape)
 
 
 def _accumulate(dw: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
@@ -129,88 +67,69 @@ def _accumulate(dw: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
         dw.add_(a @ b)
 
 
-class _CompactMatmul(Function):
-    """Consumer: ``Y_g = X_g[:, K_g] @ W[:, K_g]^T`` on compact input."""
-
-    @staticmethod
-    def forward(ctx, xc, token, ww, mask):
-        w_ext = ww.ext_as(xc.dtype)
-        groups = _window_groups(mask)
-        g, b, _ = xc.shape
-        covered = sum(g if gs is None else len(gs) for _, k, gs in groups if k)
-        y = (xc.new_empty if covered == g else xc.new_zeros)(g, b, w_ext.shape[0])
-        for o, k, gs in groups:
-            if k:
-                _put(y, gs, w_ext.shape[0], _rows(xc, gs, k) @ w_ext[:, o:o + k].t())
-        ctx.groups, ctx.ww = groups, ww
-        ctx.save_for_backward(xc)
-        return y
-
-    @staticmethod
-    def backward(ctx, dy):
-        xc, = ctx.saved_tensors
-        w_ext = ctx.ww.ext_as(xc.dtype)
-        dxc = torch.zeros_like(xc) if ctx.needs_input_grad[0] else None
-        dw = ctx.ww.grad_buffer() if ctx.needs_input_grad[1] else None
-        for o, k, gs in ctx.groups:
-            if k == 0:
-                continue
-            d = _rows(dy, gs)
-            if dxc is not None:
-                _put(dxc, gs, k, d @ w_ext[:, o:o + k])
-            if dw is not None:
-                _accumulate(dw[:, o:o + k], d.t(), _rows(xc, gs, k))
-        return dxc, token_grad(ctx), None, None
+def consumer_fwd(xc, w, mask: StepMask):
+    """``Y[g] = Xc[g][:, :k] @ W[:, o:o+k]^T``: (G, B, kmax) -> (G, B, N)."""
+    g, b, _ = xc.shape
+    n = w.shape[0]
+    y = _new_out(xc, (g, b, n), mask, False)
+    for o, k, gs in mask.window_groups():
+        _mm_into(y, gs, n, _rows(xc, gs, k), w[:, o:o + k].t())
+    return y
 
 
-def token_grad(ctx):
-    """The (zero) gradient a window op returns for its weight token; the real one is in ``ww.grad``."""
-    return ctx.ww.token.new_zeros(()) if ctx.needs_input_grad[1] else None
+def consumer_dx(dy, w, mask: StepMask):
+    """``dXc[g][:, :k] = dY[g] @ W[:, o:o+k]``: (G, B, N) -> (G, B, kmax), zero past k."""
+    g, b, _ = dy.shape
+    dxc = _new_out(dy, (g, b, mask.kmax), mask, True)
+    for o, k, gs in mask.window_groups():
+        _mm_into(dxc, gs, k, _rows(dy, gs), w[:, o:o + k])
+    return dxc
+
+
+def consumer_dw(dy, xc, mask: StepMask, dw) -> None:
+    """``dW[:, o:o+k] += dY[g]^T @ Xc[g][:, :k]``, in place."""
+    for o, k, gs in mask.window_groups():
+        _accumulate(dw[:, o:o + k], _rows(dy, gs).t(), _rows(xc, gs, k))
+
+
+def producer_fwd(x, w, mask: StepMask):
+    """``Yc[g][:, :k] = X[g] @ W[o:o+k, :]^T``: (G, B, I) -> (G, B, kmax), zero past k."""
+    g, b, _ = x.shape
+    yc = _new_out(x, (g, b, mask.kmax), mask, True)
+    for o, k, gs in mask.window_groups():
+        _mm_into(yc, gs, k, _rows(x, gs), w[o:o + k].t())
+    return yc
+
+
+def producer_dx(dyc, w, mask: StepMask):
+    """``dX[g] = dYc[g][:, :k] @ W[o:o+k, :]``: (G, B, kmax) -> (G, B, I)."""
+    g, b, _ = dyc.shape
+    i = w.shape[1]
+    dx = _new_out(dyc, (g, b, i), mask, False)
+    for o, k, gs in mask.window_groups():
+        _mm_into(dx, gs, i, _rows(dyc, gs, k), w[o:o + k])
+    return dx
+
+
+def producer_dw(dyc, x, mask: StepMask, dw) -> None:
+    """``dW[o:o+k, :] += dYc[g][:, :k]^T @ X[g]``, in place."""
+    for o, k, gs in mask.window_groups():
+        _accumulate(dw[o:o + k], _rows(dyc, gs, k).t(), _rows(x, gs))
+
+
+_GEMMS = sys.modules[__name__]
 
 
 @autocast_op
 def compact_matmul(xc: torch.Tensor, ww: WindowedWeight, mask: StepMask) -> torch.Tensor:
     """Consumer GEMM on compact input: ``(G, B, kmax) x (Out, H+kmax) -> (G, B, Out)``."""
-    return _CompactMatmul.apply(xc, ww.token, ww, mask)
-
-
-class _MatmulCompact(Function):
-    """Producer: ``Y_g[:, K_g] = X_g @ W[K_g, :]^T``, the kept output columns only."""
-
-    @staticmethod
-    def forward(ctx, x, token, ww, mask):
-        w_ext = ww.ext_as(x.dtype)
-        groups = _window_groups(mask)
-        g, b, _ = x.shape
-        yc = x.new_zeros(g, b, mask.kmax)
-        for o, k, gs in groups:
-            if k:
-                _put(yc, gs, k, _rows(x, gs) @ w_ext[o:o + k].t())
-        ctx.groups, ctx.ww = groups, ww
-        ctx.save_for_backward(x)
-        return yc
-
-    @staticmethod
-    def backward(ctx, dyc):
-        x, = ctx.saved_tensors
-        w_ext = ctx.ww.ext_as(x.dtype)
-        dx = torch.zeros_like(x) if ctx.needs_input_grad[0] else None
-        dw = ctx.ww.grad_buffer() if ctx.needs_input_grad[1] else None
-        for o, k, gs in ctx.groups:
-            if k == 0:
-                continue
-            d = _rows(dyc, gs, k)
-            if dx is not None:
-                _put(dx, gs, x.shape[-1], d @ w_ext[o:o + k])
-            if dw is not None:
-                _accumulate(dw[o:o + k], d.t(), _rows(x, gs))
-        return dx, token_grad(ctx), None, None
+    return CompactMatmul.apply(xc, ww.token, ww, mask, _GEMMS)
 
 
 @autocast_op
 def matmul_compact(x: torch.Tensor, ww: WindowedWeight, mask: StepMask) -> torch.Tensor:
     """Producer GEMM, kept output columns only: ``(G, B, In) x (H+kmax, In) -> (G, B, kmax)``."""
-    return _MatmulCompact.apply(x, ww.token, ww, mask)
+    return MatmulCompact.apply(x, ww.token, ww, mask, _GEMMS)
 
 
 # ---------------------------------------------------------------- LSTM recurrence (dense W_hh, fused point-wise)

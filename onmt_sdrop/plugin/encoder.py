@@ -43,9 +43,9 @@ class SdropRNNEncoder(SdropMixin, RNNEncoder):
         sizes = [x.shape[-1]] + [d * self.rnn.hidden_size] * (self.rnn.num_layers - 1)
         sites = [self._site(ops, size, steps, x) for size in sizes]
         out, final = run_lstm(self.rnn, x, sites, ops, lengths=src_len)
+        # stock trims to src_len.max() (pad_packed_sequence); OpenNMT-py pads a batch to its
+        # longest source, so that is the same width, and reading it back would be a host sync
         enc_out = out.transpose(0, 1).contiguous()
-        if src_len is not None:
-            enc_out = enc_out[:, : int(src_len.max())]   # as pad_packed_sequence returns it
         if self.use_bridge:
             final = self._bridge(final)
         if self.bidirectional:

@@ -1,0 +1,162 @@
+"""What every backend shares: the compact layout, the windowed weight and its gradient fold.
+
+Compact tensors are ``(G, B, kmax)``: column ``j`` of group ``g`` is unit
+``perm[(offsets[g] + j) % H]``, zero past ``counts[g]`` (see :class:`~onmt_sdrop.masks.StepMask`).
+Weights are permuted once per batch (:func:`permute_weight`), after which each group's kept
+rows/columns are one contiguous slice of ``WindowedWeight.ext``. Gathers, scatters and the
+permutation are index copies that torch does well on every device, so both backends use these.
+"""
+from __future__ import annotations
+
+import torch
+from torch.autograd import Function
+
+from ..masks import StepMask
+
+
+# ---------------------------------------------------------------- gather / scatter (cheap copies)
+
+def gather(x: torch.Tensor, mask: StepMask) -> torch.Tensor:
+    """Dense ``(G, B, H)`` -> compact ``(G, B, kmax)``, scaled: the dropped value, kept columns only."""
+    g, b, _ = x.shape
+    idx = mask.window_index()[:, None, :].expand(g, b, mask.kmax)
+    return torch.gather(x, 2, idx) * mask.column_weight(x.dtype)[:, None, :]
+
+
+def scatter(xc: torch.Tensor, mask: StepMask) -> torch.Tensor:
+    """Compact ``(G, B, kmax)`` -> dense ``(G, B, H)`` with zeros at the dropped units."""
+    g, b, _ = xc.shape
+    idx = mask.window_index()[:, None, :].expand(g, b, mask.kmax)
+    # padding columns are zero and point at dropped units, so a plain scatter is exact
+    return xc.new_zeros(g, b, mask.size).scatter(2, idx, xc)
+
+
+class WindowedWeight:
+    """A weight with one axis in extended permuted order (``H + kmax`` long), for one batch.
+
+    Every group reads its kept slice of ``ext``. The ops do not compute their weight gradients in
+    their own backward: they hand the operands to :meth:`defer`, and :class:`_Fold` computes the
+    sum of all of them at once, after the last op's backward (autograd runs a node's backward only
+    when every consumer of its output has run), then hands it to the real parameter. So the
+    per-step callers of the input-fed decoder leave one grouped weight-gradient GEMM over all
+    steps, as haste does, instead of one per step.
+    """
+
+    def __init__(self, w: torch.Tensor, mask: StepMask, dim: int):
+        self.index = mask.ext_perm().to(w.device)
+        self.dim = dim
+        self.ext = w.detach().index_select(dim, self.index)
+        self.pending = []
+        self.token = _Fold.apply(w, self)
+        self._cast = None
+
+    def ext_as(self, dtype) -> torch.Tensor:
+        """``ext`` in ``dtype`` (autocast's half), converted once per batch, not once per step."""
+        if dtype == self.ext.dtype:
+            return self.ext
+        if self._cast is None or self._cast.dtype != dtype:
+            self._cast = self.ext.to(dtype)
+        return self._cast
+
+    def defer(self, grouped_dw, a: torch.Tensor, b: torch.Tensor, mask: StepMask) -> None:
+        """Record ``grouped_dw(a, b, mask, grad)``, a backend's weight-gradient GEMM, for the fold."""
+        self.pending.append((grouped_dw, a, b, mask))
+
+    def folded_grad(self):
+        """The gradient of ``ext`` (float32 or wider) from every deferred GEMM, or None."""
+        if not self.pending:
+            return None
+        by_fn: dict = {}
+        for fn, a, b, m in self.pending:
+            by_fn.setdefault(fn, []).append((a, b, m))
+        self.pending = []
+        a0 = next(iter(by_fn.values()))[0][0]
+        grad = torch.zeros(self.ext.shape, dtype=torch.promote_types(a0.dtype, torch.float32),
+                           device=self.ext.device)
+        for fn, recs in by_fn.items():
+            if len(recs) == 1:
+                a, b, m = recs[0]
+            else:   # per-step calls: all steps in one grouped GEMM
+                a = torch.cat([r[0] for r in recs])
+                b = torch.cat([r[1] for r in recs])
+                m = StepMask.cat([r[2] for r in recs])
+            fn(a, b, m, grad)
+        return grad
+
+
+class _Fold(Function):
+    @staticmethod
+    def forward(ctx, w, ww):
+        ctx.ww = ww
+        ctx.shape, ctx.dtype = w.shape, w.dtype
+        return w.new_zeros(())
+
+    @staticmethod
+    def backward(ctx, _):
+        ww = ctx.ww
+        grad = ww.folded_grad()
+        if grad is None:
+            return None, None
+        dw = torch.zeros(ctx.shape, dtype=ctx.dtype, device=grad.device)
+        dw.index_add_(ww.dim, ww.index, grad.to(ctx.dtype))
+        return dw, None
+
+
+def permute_weight(w: torch.Tensor, mask: StepMask, dim: int) -> WindowedWeight:
+    """``w`` prepared for the windows of ``mask`` along axis ``dim`` (once per batch)."""
+    return WindowedWeight(w, mask, dim)
+
+
+def _token_grad(ctx):
+    """The (zero) gradient a window op returns for its weight token; the real one is deferred."""
+    return ctx.ww.token.new_zeros(()) if ctx.needs_input_grad[1] else None
+
+
+# ---------------------------------------------------------------- the two autograd ops
+#
+# A backend supplies the six grouped GEMMs of kernels/grouped_gemm.cu's table (consumer_fwd,
+# consumer_dx, consumer_dw, producer_fwd, producer_dx, producer_dw); these Functions are the same
+# for every backend.
+
+class CompactMatmul(Function):
+    """Consumer: ``Y_g = X_g[:, K_g] @ W[:, K_g]^T`` on compact input."""
+
+    @staticmethod
+    def forward(ctx, xc, token, ww, mask, gemms):
+        y = gemms.consumer_fwd(xc, ww.ext_as(xc.dtype), mask)
+        ctx.ww, ctx.mask, ctx.gemms = ww, mask, gemms
+        ctx.save_for_backward(xc)
+        return y
+
+    @staticmethod
+    def backward(ctx, dy):
+        xc, = ctx.saved_tensors
+        dy = dy.to(xc.dtype)
+        dxc = None
+        if ctx.needs_input_grad[0]:
+            dxc = ctx.gemms.consumer_dx(dy, ctx.ww.ext_as(xc.dtype), ctx.mask)
+        if ctx.needs_input_grad[1]:
+            ctx.ww.defer(ctx.gemms.consumer_dw, dy, xc, ctx.mask)
+        return dxc, _token_grad(ctx), None, None, None
+
+
+class MatmulCompact(Function):
+    """Producer: ``Y_g[:, K_g] = X_g @ W[K_g, :]^T``, the kept output columns only."""
+
+    @staticmethod
+    def forward(ctx, x, token, ww, mask, gemms):
+        yc = gemms.producer_fwd(x, ww.ext_as(x.dtype), mask)
+        ctx.ww, ctx.mask, ctx.gemms = ww, mask, gemms
+        ctx.save_for_backward(x)
+        return yc
+
+    @staticmethod
+    def backward(ctx, dyc):
+        x, = ctx.saved_tensors
+        dyc = dyc.to(x.dtype)
+        dx = None
+        if ctx.needs_input_grad[0]:
+            dx = ctx.gemms.producer_dx(dyc, ctx.ww.ext_as(x.dtype), ctx.mask)
+        if ctx.needs_input_grad[1]:
+            ctx.ww.defer(ctx.gemms.producer_dw, dyc, x, ctx.mask)
+        return dx, _token_grad(ctx), None, None, None
