@@ -1,23 +1,40 @@
-"""Patches that make OpenNMT-py 3.5.1 usable on current torch and a lean install.
+"""Patches that make OpenNMT-py 3.5.1 usable on current torch and a lean install, and safe.
 
-Each patch is applied here and only here (see README, "Patches to OpenNMT-py"):
+Every replacement goes through :func:`wrap_once` (idempotent, functions and classmethods alike).
+The OpenNMT-py / torch names replaced, here and in :mod:`onmt_sdrop.plugin` and
+:mod:`onmt_sdrop.hook` (see README, "Patches to OpenNMT-py"):
 
-1. ``torch.load`` from OpenNMT-py code loads full checkpoints (``weights_only=False``): since torch
-   2.6 the default ``weights_only=True`` rejects the ``argparse.Namespace`` and vocabularies that
-   OpenNMT-py checkpoints hold. Only calls made by ``onmt.*`` modules are changed.
-2. Optional transforms: ``onmt/transforms/__init__.py`` imports every transform module at import
-   time, so a missing spacy / fasttext / pyahocorasick / rapidfuzz / regex breaks ``import onmt``.
-   Such a module is replaced by a stand-in transform that names the package to install when used.
-3. Entry points (``onmt_train``, ``onmt_translate``, ``onmt_build_vocab``,
-   ``onmt_average_models``): an :class:`~onmt_sdrop.errors.SdropError` (bad option, missing or
-   unpaired corpus, unavailable backend) is printed as one line with exit status 2, not a traceback.
-4. Corpus check before training / vocabulary building: every ``path_src``/``path_tgt`` exists and
-   both sides have the same number of lines.
+* ``torch.load`` -- calls from ``onmt.*`` modules load with ``weights_only=True`` and an allowlist
+  of the classes OpenNMT-py 3.5.1 checkpoints hold (:data:`CHECKPOINT_GLOBALS`); a file that needs
+  more is refused in one line naming the class, unless ``ONMT_SDROP_TRUST_CHECKPOINTS=1``
+  (:data:`TRUST_ENV`) is set. A missing, empty or damaged file is a one-line error too.
+* ``onmt.utils.parse.DataOptsCheckerMixin._validate_file`` -- files that do not exist (and empty
+  vocabularies) are one-line errors.
+* ``onmt.utils.parse.DataOptsCheckerMixin._validate_data`` -- every corpus file exists, is not
+  empty, is UTF-8 (file and line named otherwise), and both sides have the same number of lines.
+* ``onmt.utils.parse.ArgumentParser.validate_train_opts``, ``.validate_model_opts``,
+  ``.validate_translate_opts``, ``.validate_prepare_opts`` -- OpenNMT-py's own option assertions
+  become one-line errors; plus checks stock lacks (layer counts, the dropout schedule's lengths,
+  encoder/decoder pairs).
+* ``onmt.bin.translate.translate`` -- ``-model`` files exist, ``-src`` exists and is not empty,
+  ``-output``'s folder exists.
+* ``onmt.bin.{train,translate,build_vocab,average_models}.main`` -- an
+  :class:`~onmt_sdrop.errors.SdropError` is one line on stderr and exit status 2 (hook.py).
+* ``onmt.transforms.{clean,terminology,inlinetags,fuzzymatch,normalize}`` -- a module whose
+  optional package is missing is replaced by a stand-in transform that names the package (hook.py).
+* ``onmt.opts.model_opts``, ``onmt.opts.translate_opts``, ``onmt.model_builder.build_base_model``,
+  ``onmt.model_builder.load_test_model``, ``onmt.train_single._get_model_opts``,
+  ``ArgumentParser.ckpt_model_opts``, ``ArgumentParser.validate_model_opts`` (the ``-sdrop_*``
+  options and checks), the encoder/decoder registries -- the plugin (plugin/__init__.py).
 """
 from __future__ import annotations
 
+import argparse
 import functools
+import inspect
 import os
+import pickle
+import re
 import sys
 
 import torch
@@ -33,20 +50,109 @@ OPTIONAL_TRANSFORMS = {
     "normalize": ("normalize", {"regex": "regex"}),
 }
 
-_torch_load = torch.load
+
+# --------------------------------------------------------------------------- one way to patch
+
+def wrap_once(owner, name, make) -> bool:
+    """Replace ``owner.name`` by ``make(original)``, once per ``make``; True if it replaced.
+
+    ``owner`` is a module or a class. For a classmethod or staticmethod (own or inherited),
+    ``make`` receives the plain function and returns a plain function, which is stored back with
+    the same decorator. A second call with the same ``make`` is a no-op; wrappers made by
+    different ``make`` functions stack.
+    """
+    raw = inspect.getattr_static(owner, name)
+    kind = type(raw) if isinstance(raw, (classmethod, staticmethod)) else None
+    func = raw.__func__ if kind else raw
+    key = f"{make.__module__}.{make.__qualname__}"
+    done = getattr(func, "_sdrop_wraps", frozenset())
+    if key in done:
+        return False
+    new = make(func)
+    new._sdrop_wraps = done | {key}
+    setattr(owner, name, kind(new) if kind else new)
+    return True
 
 
-@functools.wraps(_torch_load)
-def _onmt_torch_load(*args, **kwargs):
-    caller = sys._getframe(1).f_globals.get("__name__", "")
-    if caller.startswith("onmt.") and "weights_only" not in kwargs:
-        kwargs["weights_only"] = False  # OpenNMT-py checkpoints are pickles of trusted local runs
-    return _torch_load(*args, **kwargs)
+def replaced(owner, name) -> frozenset:
+    """Keys of the :func:`wrap_once` wrappers on ``owner.name`` (for tests and ``info``)."""
+    raw = inspect.getattr_static(owner, name)
+    return getattr(getattr(raw, "__func__", raw), "_sdrop_wraps", frozenset())
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+TRUST_ENV = "ONMT_SDROP_TRUST_CHECKPOINTS"
+# Everything an OpenNMT-py 3.5.1 checkpoint (onmt_train, -train_from, onmt_average_models) holds
+# beyond what torch's weights_only unpickler allows anyway (tensors, dicts, lists, sets, str, ...):
+# the options are an argparse.Namespace; vocabularies and optimizer states are plain dicts/lists.
+CHECKPOINT_GLOBALS = [argparse.Namespace]
+
+
+def trusted() -> bool:
+    return os.environ.get(TRUST_ENV, "").strip().lower() in ("1", "true", "yes")
+
+
+def _unsafe_global(exc) -> str | None:
+    m = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
+    if m:
+        return m.group(1).rstrip(".,")
+    m = re.search(r"Trying to load unsupported GLOBAL (\S+)|GLOBAL (\S+) was not an allowed",
+                  str(exc))
+    return (m.group(1) or m.group(2)) if m else None
+
+
+def safe_load(path, load=torch.load, **kwargs):
+    """``torch.load(path, weights_only=True)`` with :data:`CHECKPOINT_GLOBALS`; one-line errors."""
+    where = path if isinstance(path, (str, os.PathLike)) else getattr(path, "name", "<stream>")
+    if isinstance(path, (str, os.PathLike)):
+        if not os.path.exists(path):
+            raise SdropError(f"checkpoint not found: {where}")
+        if os.path.isdir(path):
+            raise SdropError(f"checkpoint is a directory, not a file: {where}")
+        if os.path.getsize(path) == 0:
+            raise SdropError(f"checkpoint is empty (0 bytes): {where}")
+    weights_only = kwargs.pop("weights_only", None)
+    if weights_only is None:
+        weights_only = not trusted()
+    try:
+        if not weights_only:
+            return load(path, weights_only=False, **kwargs)
+        with torch.serialization.safe_globals(CHECKPOINT_GLOBALS):
+            return load(path, weights_only=True, **kwargs)
+    except pickle.UnpicklingError as exc:
+        name = _unsafe_global(exc)
+        if name is None:
+            raise SdropError(f"checkpoint {where} is damaged or not a checkpoint "
+                             f"({str(exc).splitlines()[0][:120]})") from None
+        raise SdropError(f"checkpoint {where} needs the global {name}, which is not on the allowlist of "
+                         f"what OpenNMT-py checkpoints hold; refused, since loading it could run code. "
+                         f"If you trust the file, set {TRUST_ENV}=1") from None
+    except OSError as exc:
+        raise SdropError(f"cannot read checkpoint {where}: {exc.strerror or exc}") from None
+    except (EOFError, RuntimeError, KeyError, ValueError, IndexError) as exc:
+        raise SdropError(f"checkpoint {where} is damaged or truncated, or not a checkpoint "
+                         f"({type(exc).__name__}: {str(exc).splitlines()[0][:80] if str(exc) else ''})"
+                         ) from None
+
+
+def _make_torch_load(original):
+    @functools.wraps(original)
+    def load(f, *args, **kwargs):
+        caller = sys._getframe(1).f_globals.get("__name__", "")
+        if not (caller == "onmt" or caller.startswith("onmt.")) or args:
+            return original(f, *args, **kwargs)
+        return safe_load(f, load=original, **kwargs)
+
+    load._sdrop_original = original
+    return load
 
 
 def patch_torch_load() -> None:
-    torch.load = _onmt_torch_load
+    wrap_once(torch, "load", _make_torch_load)
 
+
+# --------------------------------------------------------------------------- optional transforms
 
 def exec_transform_module(loader, module, name: str) -> None:
     """Load ``onmt.transforms.<name>``; if an optional package is missing, register a stand-in."""
@@ -80,8 +186,31 @@ def exec_transform_module(loader, module, name: str) -> None:
     module.MISSING_PACKAGE = missing
 
 
+# --------------------------------------------------------------------------- corpora
+
+def _scan_text_file(path, cname) -> int:
+    """Number of lines of a corpus file; refuses a missing, empty or non-UTF-8 file."""
+    try:
+        with open(path, "rb") as fh:
+            n = 0
+            for n, line in enumerate(fh, 1):
+                try:
+                    line.decode("utf-8")
+                except UnicodeDecodeError as exc:
+                    raise SdropError(f"corpus '{cname}': {path} line {n} is not UTF-8 "
+                                     f"(byte {line[exc.start]:#04x} at column {exc.start + 1})"
+                                     ) from None
+    except FileNotFoundError:
+        raise SdropError(f"corpus '{cname}': file not found: {path}") from None
+    except IsADirectoryError:
+        raise SdropError(f"corpus '{cname}': is a directory, not a file: {path}") from None
+    if n == 0:
+        raise SdropError(f"corpus '{cname}': file is empty: {path}")
+    return n
+
+
 def check_corpora(opt) -> None:
-    """Every corpus of ``opt.data`` names files that exist and pair up line by line."""
+    """Every corpus of ``opt.data`` names files that exist, hold UTF-8 text, and pair up."""
     corpora = getattr(opt, "data", None) or {}
     if isinstance(corpora, str):  # still the YAML text before OpenNMT-py's own check
         import yaml
@@ -89,15 +218,7 @@ def check_corpora(opt) -> None:
         corpora = yaml.safe_load(corpora) or {}
     for cname, corpus in corpora.items():
         sides = [corpus.get(k) for k in ("path_src", "path_tgt") if corpus.get(k)]
-        counts = []
-        for path in sides:
-            try:
-                with open(path, "rb") as fh:
-                    counts.append(sum(1 for _ in fh))
-            except FileNotFoundError:
-                raise SdropError(f"corpus '{cname}': file not found: {path}") from None
-            except IsADirectoryError:
-                raise SdropError(f"corpus '{cname}': is a directory, not a file: {path}") from None
+        counts = [_scan_text_file(path, cname) for path in sides]
         if len(counts) == 2 and counts[0] != counts[1]:
             raise SdropError(f"corpus '{cname}': {sides[0]} has {counts[0]} lines but "
                              f"{sides[1]} has {counts[1]}; source and target must pair up")
@@ -106,24 +227,107 @@ def check_corpora(opt) -> None:
 def _validate_file(file_path, info):
     if not os.path.isfile(file_path):
         raise SdropError(f"{info} file not found: {file_path}")
+    if info.endswith("vocab") and os.path.getsize(file_path) == 0:
+        raise SdropError(f"{info} file is empty: {file_path}")
+
+
+def _make_validate_file(original):
+    return _validate_file
+
+
+def _make_validate_data(inner):
+    def _validate_data(cls, opt):
+        check_corpora(opt)
+        return inner(cls, opt)
+
+    return _validate_data
 
 
 def patch_data_check() -> None:
     from onmt.utils.parse import DataOptsCheckerMixin
 
-    DataOptsCheckerMixin._validate_file = staticmethod(_validate_file)
+    wrap_once(DataOptsCheckerMixin, "_validate_file", _make_validate_file)
+    wrap_once(DataOptsCheckerMixin, "_validate_data", _make_validate_data)
 
-    inner = DataOptsCheckerMixin._validate_data.__func__
-    if getattr(inner, "_sdrop", False):
-        return
 
-    def _validate_data(cls, opt):
-        check_corpora(opt)
-        return inner(cls, opt)
+# --------------------------------------------------------------------------- option checks
 
-    _validate_data._sdrop = True
-    DataOptsCheckerMixin._validate_data = classmethod(_validate_data)
+def _plain(exc) -> str:
+    text = " ".join(str(exc).split())
+    return text or "an option check of OpenNMT-py failed"
 
+
+def _one_line_assertions(inner):
+    """OpenNMT-py checks options with ``assert``: its message becomes a one-line error."""
+    def check(cls, opt, *args, **kwargs):
+        try:
+            return inner(cls, opt, *args, **kwargs)
+        except AssertionError as exc:
+            raise SdropError(_plain(exc)) from None
+
+    return check
+
+
+def check_train_opts(opt) -> None:
+    """What stock ``validate_train_opts`` misses or words badly."""
+    drop = list(getattr(opt, "dropout", []) or [])
+    attn = list(getattr(opt, "attention_dropout", []) or [])
+    steps = list(getattr(opt, "dropout_steps", []) or [])
+    if len(drop) != len(steps) or len(attn) != len(steps):
+        raise SdropError(f"-dropout has {len(drop)} value(s), -attention_dropout {len(attn)} and "
+                         f"-dropout_steps {len(steps)}: give one of each per schedule step")
+
+
+def check_model_opts(opt) -> None:
+    """Layer counts every model needs (stock accepts 0 and fails later)."""
+    for name in ("enc_layers", "dec_layers"):
+        n = getattr(opt, name, 1)
+        if isinstance(n, int) and n < 1:
+            raise SdropError(f"-{name} must be at least 1, got {n}")
+
+
+def check_translate_opts(opt) -> None:
+    """``-src`` exists and is not empty; ``-output`` can be written."""
+    src = getattr(opt, "src", None)
+    if src:
+        if not os.path.isfile(src):
+            raise SdropError(f"-src file not found: {src}")
+        if os.path.getsize(src) == 0:
+            raise SdropError(f"-src file is empty: {src}")
+    out = getattr(opt, "output", None)
+    if out:
+        folder = os.path.dirname(os.path.abspath(out))
+        if not os.path.isdir(folder):
+            raise SdropError(f"-output folder does not exist: {folder}")
+    for model in getattr(opt, "models", None) or []:
+        if not os.path.exists(model):
+            raise SdropError(f"checkpoint not found: {model}")
+
+
+def _make_checked(check):
+    def make(inner):
+        inner = _one_line_assertions(inner)
+
+        def validate(cls, opt, *args, **kwargs):
+            check(opt)
+            return inner(cls, opt, *args, **kwargs)
+
+        return validate
+
+    make.__qualname__ = f"checked_{check.__name__}"
+    return make
+
+
+def patch_option_checks() -> None:
+    from onmt.utils.parse import ArgumentParser
+
+    wrap_once(ArgumentParser, "validate_train_opts", _make_checked(check_train_opts))
+    wrap_once(ArgumentParser, "validate_model_opts", _make_checked(check_model_opts))
+    wrap_once(ArgumentParser, "validate_translate_opts", _one_line_assertions)
+    wrap_once(ArgumentParser, "validate_prepare_opts", _one_line_assertions)
+
+
+# --------------------------------------------------------------------------- entry points
 
 def run_cli(fn, prog: str, *args, **kwargs):
     """Call an entry point; an :class:`SdropError` becomes one line on stderr and exit status 2."""
@@ -136,20 +340,31 @@ def run_cli(fn, prog: str, *args, **kwargs):
 
 def wrap_entry_point(module) -> None:
     """Wrap ``module.main`` (an ``onmt.bin.*`` module) with :func:`run_cli`."""
-    main = module.main
-    if getattr(main, "_sdrop", False):
-        return
     prog = "onmt_" + module.__name__.rsplit(".", 1)[-1]
 
-    @functools.wraps(main)
-    def wrapped(*args, **kwargs):
-        return run_cli(main, prog, *args, **kwargs)
+    def make_main(main):
+        @functools.wraps(main)
+        def wrapped(*args, **kwargs):
+            return run_cli(main, prog, *args, **kwargs)
 
-    wrapped._sdrop = True
-    module.main = wrapped
+        return wrapped
+
+    wrap_once(module, "main", make_main)
+    if module.__name__ == "onmt.bin.translate":  # not in validate_translate_opts: training's
+        wrap_once(module, "translate", _make_translate)  # scorer validates "-src dummy" there
+
+
+def _make_translate(translate):
+    @functools.wraps(translate)
+    def checked(opt, *args, **kwargs):
+        check_translate_opts(opt)
+        return translate(opt, *args, **kwargs)
+
+    return checked
 
 
 def apply() -> None:
     """Apply every patch that does not wait for a module import (idempotent)."""
     patch_torch_load()
     patch_data_check()
+    patch_option_checks()

@@ -1,9 +1,17 @@
 """Registers the structured-dropout model parts and options with OpenNMT-py (at import).
 
 * encoders ``sdrop_rnn`` and ``sdrop_brnn``, decoder ``sdrop_rnn`` (input feed on and off);
-* the ``-sdrop_*`` options in every parser that has the model options (``onmt_train -h``);
+* the ``-sdrop_*`` options in every parser that has the model options (``onmt_train -h``), and
+  ``-sdrop_backend`` in ``onmt_translate``'s;
 * their validation, run by OpenNMT-py's own model-option check;
-* the generator of an sdrop decoder reads only the kept units in training.
+* the generator of an sdrop decoder reads only the kept units in training;
+* ``-sdrop_backend`` is a run-time choice, not a model property: a checkpoint's stored value is
+  replaced by this run's (``onmt_train -train_from``: its ``-sdrop_backend``; ``onmt_translate``:
+  its own ``-sdrop_backend``, default ``auto``), so a model trained with ``cupy`` on a GPU loads on
+  a CPU.
+
+Every replacement goes through :func:`onmt_sdrop.patches.wrap_once`; the replaced names are listed
+in :mod:`onmt_sdrop.patches`.
 """
 from __future__ import annotations
 
@@ -14,9 +22,13 @@ import torch.nn as nn
 import onmt.encoders
 import onmt.model_builder
 import onmt.opts
+import onmt.train_single
+from onmt.utils.logging import logger
 from onmt.utils.parse import ArgumentParser
 
 from .. import patches
+from ..ops import BACKENDS
+from ..patches import wrap_once
 from .config import SdropConfig, add_sdrop_opts, uses_sdrop, validate_sdrop_opts
 from .decoder import SdropInputFeedDecoder, SdropStdDecoder, _SdropDecoderMixin
 from .encoder import SdropBiRNNEncoder, SdropRNNEncoder
@@ -25,15 +37,8 @@ from .generator import SdropGenerator
 __all__ = ["SdropConfig", "SdropRNNEncoder", "SdropBiRNNEncoder", "SdropInputFeedDecoder",
            "SdropStdDecoder", "SdropGenerator", "uses_sdrop", "validate_sdrop_opts"]
 
-
-def _once(owner, name, make):
-    """Replace ``owner.name`` by ``make(original)`` unless already done."""
-    current = getattr(owner, name)
-    if getattr(current, "_sdrop", False):
-        return
-    new = make(current)
-    new._sdrop = True
-    setattr(owner, name, new)
+# the -sdrop_backend of the running command, stamped on every checkpoint's options when read
+_RUN = {"backend": "auto"}
 
 
 def _wrap_model_opts(inner):
@@ -45,14 +50,70 @@ def _wrap_model_opts(inner):
     return model_opts
 
 
-def _wrap_validate(inner):
-    func = inner.__func__
+def _wrap_translate_opts(inner):
+    @functools.wraps(inner)
+    def translate_opts(parser):
+        inner(parser)
+        group = parser.add_argument_group("Structured dropout (onmt_sdrop)")
+        group.add("--sdrop_backend", "-sdrop_backend", type=str, default="auto", choices=BACKENDS,
+                  help="Kernels for the sdrop LSTM recurrence at inference (there is no dropout "
+                       "at inference). The checkpoint's own -sdrop_backend is not used: a model "
+                       "trained with cupy on a GPU translates on a CPU.")
 
+    return translate_opts
+
+
+def _wrap_validate(inner):
     def validate_model_opts(cls, model_opt):
         validate_sdrop_opts(model_opt)
-        return func(cls, model_opt)
+        return inner(cls, model_opt)
 
-    return classmethod(validate_model_opts)
+    return validate_model_opts
+
+
+def _wrap_ckpt_model_opts(inner):
+    def ckpt_model_opts(cls, ckpt_opt):
+        opt = inner(cls, ckpt_opt)
+        opt.sdrop_backend = _RUN["backend"]  # a run-time choice, not the checkpoint's
+        return opt
+
+    return ckpt_model_opts
+
+
+def _run_backend(opt):
+    return getattr(opt, "sdrop_backend", None) or "auto"
+
+
+def _wrap_load_test_model(inner):
+    @functools.wraps(inner)
+    def load_test_model(opt, *args, **kwargs):
+        before, _RUN["backend"] = _RUN["backend"], _run_backend(opt)
+        try:
+            return inner(opt, *args, **kwargs)
+        finally:
+            _RUN["backend"] = before
+
+    return load_test_model
+
+
+def _wrap_get_model_opts(inner):
+    @functools.wraps(inner)
+    def _get_model_opts(opt, checkpoint=None):
+        before, _RUN["backend"] = _RUN["backend"], _run_backend(opt)
+        try:
+            model_opt = inner(opt, checkpoint)
+        finally:
+            _RUN["backend"] = before
+        if checkpoint is not None and model_opt is not opt:
+            kept, given = list(model_opt.dropout), list(opt.dropout)
+            if kept != given:
+                logger.info(f"-train_from: training on with the checkpoint's -dropout "
+                            f"{' '.join(map(str, kept))}, not this run's "
+                            f"{' '.join(map(str, given))} (model options come from the checkpoint; "
+                            f"-override_opts takes this run's)")
+        return model_opt
+
+    return _get_model_opts
 
 
 def _wrap_build(inner):
@@ -73,13 +134,13 @@ def register() -> None:
             onmt.encoders.register_encoder(name)(cls)
     if "sdrop_rnn" not in onmt.decoders.str2dec:
         onmt.decoders.register_decoder("sdrop_rnn")(SdropInputFeedDecoder)
-    _once(onmt.opts, "model_opts", _wrap_model_opts)
-    # _once reads the bound classmethod; store the wrapped one on the class itself
-    if not getattr(ArgumentParser.__dict__["validate_model_opts"].__func__, "_sdrop", False):
-        wrapped = _wrap_validate(ArgumentParser.__dict__["validate_model_opts"])
-        wrapped.__func__._sdrop = True
-        ArgumentParser.validate_model_opts = wrapped
-    _once(onmt.model_builder, "build_base_model", _wrap_build)
+    wrap_once(onmt.opts, "model_opts", _wrap_model_opts)
+    wrap_once(onmt.opts, "translate_opts", _wrap_translate_opts)
+    wrap_once(ArgumentParser, "validate_model_opts", _wrap_validate)
+    wrap_once(ArgumentParser, "ckpt_model_opts", _wrap_ckpt_model_opts)
+    wrap_once(onmt.model_builder, "build_base_model", _wrap_build)
+    wrap_once(onmt.model_builder, "load_test_model", _wrap_load_test_model)
+    wrap_once(onmt.train_single, "_get_model_opts", _wrap_get_model_opts)
 
 
 register()

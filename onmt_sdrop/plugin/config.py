@@ -4,10 +4,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..errors import SdropError
-from ..masks import COUNTS, PATTERNS
+from ..masks import COMPACT_PATTERNS, COUNTS, PATTERNS, kept_count
 from ..ops import BACKENDS, check_backend, get_ops
 
 SDROP_PARTS = {"encoder_type": ("sdrop_rnn", "sdrop_brnn"), "decoder_type": ("sdrop_rnn",)}
+# encoders whose final state an (sdrop) RNN decoder can start from: LSTM (h, c) per layer
+RNN_STATE_ENCODERS = ("rnn", "brnn", "sdrop_rnn", "sdrop_brnn", "mean")
 
 
 def add_sdrop_opts(parser) -> None:
@@ -58,6 +60,55 @@ def validate_sdrop_opts(opt) -> None:
     if masks < 0:
         raise SdropError(f"-sdrop_step_masks must be >= 0, got {masks}")
     check_backend(getattr(opt, "sdrop_backend", "auto"))
+    check_sdrop_model(opt)
+    if pattern in COMPACT_PATTERNS and count == "fixed":
+        check_kept_counts(opt, rates)
+
+
+def check_sdrop_model(opt) -> None:
+    """The encoder/decoder pair and decoder options the sdrop parts can run (layer counts:
+    :func:`onmt_sdrop.patches.check_model_opts`, for every model)."""
+    enc, dec = getattr(opt, "encoder_type", "rnn"), getattr(opt, "decoder_type", "rnn")
+    if dec in SDROP_PARTS["decoder_type"] and enc not in RNN_STATE_ENCODERS:
+        raise SdropError(f"-decoder_type {dec} starts from an RNN encoder's final state; "
+                         f"-encoder_type {enc} has none (use one of {', '.join(RNN_STATE_ENCODERS)})")
+    if dec in SDROP_PARTS["decoder_type"] and not getattr(opt, "input_feed", 1):
+        used = [f"-{k}" for k in ("copy_attn", "coverage_attn") if getattr(opt, k, False)]
+        if used:
+            raise SdropError(f"-input_feed 0 supports neither -copy_attn nor -coverage_attn "
+                             f"(as in stock OpenNMT-py); given {' and '.join(used)}")
+
+
+def dropout_sites(opt) -> list[tuple[str, int]]:
+    """(what, width) of every structured-dropout site the sdrop parts of ``opt`` have."""
+    sites = []
+    if getattr(opt, "encoder_type", None) in SDROP_PARTS["encoder_type"]:
+        sites.append(("-src_word_vec_size", opt.src_word_vec_size))
+        if opt.enc_layers > 1:  # a bidirectional layer's input is both directions: enc_hid_size
+            sites.append(("-enc_hid_size", opt.enc_hid_size))
+    if getattr(opt, "decoder_type", None) in SDROP_PARTS["decoder_type"]:
+        sites.append(("-tgt_word_vec_size", opt.tgt_word_vec_size))
+        sites.append(("-dec_hid_size", opt.dec_hid_size))
+    return sites
+
+
+def check_kept_counts(opt, rates) -> None:
+    """Refuse a fixed kept count ``H - round(p*H)`` of 0 (every unit dropped at every step) or of
+    ``H`` with ``p > 0`` (nothing ever dropped): either would silently not be dropout at ``p``."""
+    for p in map(float, rates):
+        if p == 0.0:
+            continue
+        for what, h in dropout_sites(opt):
+            k = kept_count(h, p)
+            if k == 0:
+                why = "every unit would be dropped at every step; lower -dropout or widen it"
+            elif k == h:
+                why = ("nothing would ever be dropped; widen it, raise -dropout, or use "
+                       "-sdrop_count bernoulli")
+            else:
+                continue
+            raise SdropError(f"-dropout {p:g} on a {h}-wide dropout site ({what}) keeps "
+                             f"H - round(p*H) = {h} - {h - k} = {k} of {h} units per step: {why}")
 
 
 @dataclass
