@@ -1,0 +1,135 @@
+"""What the pipeline can run: language pairs, profiles, and the two models compared."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..errors import SdropError
+
+MODELS = {
+    "baseline": ["-encoder_type", "brnn", "-decoder_type", "rnn"],
+    "sdrop": ["-encoder_type", "sdrop_brnn", "-decoder_type", "sdrop_rnn"],
+}
+
+
+@dataclass(frozen=True)
+class Pair:
+    """A language pair: its raw files per split as (file stem, first line, end line or None)."""
+
+    name: str
+    src: str
+    tgt: str
+    splits: dict
+    spm_vocab: int
+    tokenized_refs: bool        # Moses-tokenized references: the headline is tokenized BLEU
+    source_note: str
+
+
+@dataclass(frozen=True)
+class Profile:
+    """Model and training options. ``split_override``: split -> (stem or None for the pair's own
+    stem, first line, end line or None). ``pairs``: the pairs it can serve (empty: all)."""
+
+    name: str
+    train_args: tuple
+    train_steps: int
+    valid_steps: int
+    split_override: dict = field(default_factory=dict)
+    spm_vocab: int | None = None
+    pairs: tuple = ()
+    valid_bleu: bool = False        # greedy valid BLEU at every checkpoint (BLEU-vs-time plot)
+    valid_bleu_lines: int | None = None   # first lines of the valid set used for it (None: all)
+    note: str = ""
+
+
+PAIRS = {
+    "iwslt14-deen": Pair(
+        "iwslt14-deen", "de", "en",
+        {"train": ("train", 0, None), "valid": ("valid", 0, None), "test": ("test", 0, None)},
+        10000, True,
+        "fairseq examples/translation/prepare-iwslt14.sh output before BPE (train/valid/test)"),
+    "iwslt15-envi": Pair(
+        "iwslt15-envi", "en", "vi",
+        {"train": ("train", 0, None), "valid": ("tst2012", 0, None), "test": ("tst2013", 0, None)},
+        12000, True, "Stanford NLP IWSLT'15 En-Vi (train, tst2012, tst2013)"),
+    "multi30k-ende": Pair(
+        "multi30k-ende", "en", "de",
+        {"train": ("train", 0, None), "valid": ("valid", 0, None), "test": ("test2016", 0, None)},
+        8000, False, "Multi30k task 1 raw text (train, val, test_2016_flickr)"),
+    "sample-deen": Pair(
+        "sample-deen", "de", "en",
+        {"train": ("train", 0, None), "valid": ("valid", 0, None), "test": ("test", 0, None)},
+        4000, True, "the bundled IWSLT'14 De-En sample in data/iwslt14-sample"),
+}
+
+_COMMON = ("-batch_type", "sents", "-bucket_size", "4096", "-num_workers", "0",
+           "-report_every", "50", "-seed", "1", "-dropout", "0.3")
+# GPU profiles load batches in 2 DataLoader workers: with 0 the trainer's own data loading weighs
+# about as much as the model's step on a GPU (issue 11)
+_GPU_COMMON = tuple("2" if prev == "-num_workers" else a for prev, a in zip(("",) + _COMMON, _COMMON))
+_FULL = ("-layers", "2", "-hidden_size", "500", "-word_vec_size", "500", "-batch_size", "64",
+         "-global_attention", "general", "-input_feed", "1")
+_SMALL = ("-layers", "2", "-hidden_size", "256", "-word_vec_size", "256", "-batch_size", "64",
+          "-optim", "adam", "-learning_rate", "0.001")
+_ADAM = ("-optim", "adam", "-learning_rate", "0.001")
+
+PROFILES = {
+    # paper scale: OpenNMT-py defaults (2x500, SGD 1.0), to convergence on a GPU
+    "full": Profile("full", _GPU_COMMON + _FULL + ("-optim", "sgd", "-learning_rate", "1.0",
+                                                   "-start_decay_steps", "30000",
+                                                   "-decay_steps", "5000"), 50000, 2500,
+                    valid_bleu=True),
+    # the full-size model for a fixed number of steps that fits a few minutes on one H100
+    "gpu-short": Profile("gpu-short", _GPU_COMMON + _FULL + _ADAM, 3000, 500, valid_bleu=True),
+    # recipes/gpu_check.sh: the full-size model on Multi30k, to convergence, 2 models x 2 seeds
+    # inside one 8-minute device call (~70 ms/step for stock on an H200: 2,000 steps ~ 2.5 min)
+    "gpu-converge": Profile("gpu-converge", _GPU_COMMON + _FULL + _ADAM, 2000, 250,
+                            valid_bleu=True, valid_bleu_lines=500),
+    # both models finish on a 2-core CPU in about 30 minutes each
+    "cpu-small": Profile("cpu-small", _COMMON + _SMALL, 2500, 250),  # ~25 min per model here
+    # IWSLT'14 De-En without its training set: train on the valid split, hold out its last 500
+    "local-subset": Profile(
+        "local-subset", _COMMON + _SMALL, 1500, 250,
+        {"train": ("valid", 0, 6783), "valid": ("valid", 6783, None), "test": ("test", 0, None)},
+        spm_vocab=6000, pairs=("iwslt14-deen",),
+        note="trains on the first 6,783 lines of IWSLT'14's valid split (needs only valid/test)"),
+    # `make demo`: a few minutes per model on the bundled sample
+    "demo": Profile("demo", _COMMON + ("-layers", "2", "-hidden_size", "192", "-word_vec_size",
+                                       "192", "-batch_size", "32", "-optim", "adam",
+                                       "-learning_rate", "0.002", "-report_every", "25"),
+                    400, 100),
+    # tests: seconds (the first lines of each split of any pair)
+    "tiny": Profile("tiny", _COMMON + ("-layers", "1", "-hidden_size", "16", "-word_vec_size",
+                                       "16", "-batch_size", "16", "-report_every", "5"), 10, 5,
+                    {"train": (None, 0, 200), "valid": (None, 0, 40), "test": (None, 0, 8)},
+                    spm_vocab=300),
+}
+
+
+def lookup(pair: str, profile: str) -> tuple[Pair, Profile]:
+    """The pair and profile by name, or one line saying why they cannot run together."""
+    if pair not in PAIRS:
+        raise SdropError(f"unknown pair {pair!r}; one of {', '.join(PAIRS)}")
+    if profile not in PROFILES:
+        raise SdropError(f"unknown profile {profile!r}; one of {', '.join(PROFILES)}")
+    prof = PROFILES[profile]
+    if prof.pairs and pair not in prof.pairs:
+        raise SdropError(f"profile {profile!r} serves only {', '.join(prof.pairs)}"
+                         + (f" ({prof.note})" if prof.note else "") + f", not {pair}")
+    return PAIRS[pair], prof
+
+
+def splits(pair: Pair, profile: Profile) -> dict:
+    """split -> (raw file stem, first line, end line or None) for this pair and profile."""
+    out = dict(pair.splits)
+    for split, (stem, first, end) in profile.split_override.items():
+        out[split] = (stem or pair.splits[split][0], first, end)
+    return out
+
+
+def parse_models(spec: str) -> list[str]:
+    names = [n.strip() for n in spec.split(",") if n.strip()]
+    bad = [n for n in names if n not in MODELS]
+    if bad or not names:
+        raise SdropError(f"--models: unknown model {', '.join(map(repr, bad)) or '(none)'}; "
+                         f"a comma-separated subset of {', '.join(MODELS)}")
+    return list(dict.fromkeys(names))
