@@ -123,8 +123,8 @@ def safe_load(path, load=torch.load, **kwargs):
     except pickle.UnpicklingError as exc:
         name = _unsafe_global(exc)
         if name is None:
-            raise SdropError(f"checkpoint {where} is damaged or not a checkpoint "
-                             f"({str(exc).splitlines()[0][:120]})") from None
+            raise SdropError(f"checkpoint {where} is damaged or truncated, or not a checkpoint "
+                             f"(it does not unpickle)") from None
         raise SdropError(f"checkpoint {where} needs the global {name}, which is not on the allowlist of "
                          f"what OpenNMT-py checkpoints hold; refused, since loading it could run code. "
                          f"If you trust the file, set {TRUST_ENV}=1") from None

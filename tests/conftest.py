@@ -18,6 +18,8 @@ from onmt_sdrop.plugin.factory import model_from_args  # noqa: E402  (after the 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "data" / "iwslt14-sample"
 VOCAB = 37
+# the option pair that selects the structured-dropout encoder and decoder
+SDROP_PAIR = ("-encoder_type", "sdrop_brnn", "-decoder_type", "sdrop_rnn")
 
 
 def build(*args: str, seed: int = 0, dtype=torch.float64):

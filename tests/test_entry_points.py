@@ -7,7 +7,7 @@ import pytest
 import sacrebleu
 import torch
 
-from conftest import SAMPLE, bin_path, run
+from conftest import SAMPLE, SDROP_PAIR, bin_path, run
 
 CONFIG = """\
 save_data: {d}/run
@@ -38,7 +38,7 @@ report_every: 10
 dropout: 0.3
 seed: 1
 """
-SDROP = ["-encoder_type", "sdrop_brnn", "-decoder_type", "sdrop_rnn"]
+SDROP = list(SDROP_PAIR)
 
 
 def ok(proc):

@@ -1,0 +1,345 @@
+"""Issue 12: no code runs from a checkpoint, one line (exit 2) for every bad input, checkpoints
+that move between GPU and CPU, no silent degenerate dropout.
+
+One tiny sdrop model is trained once for the module (two checkpoints + their average). The
+security and GPU->CPU cases run the real entry points in subprocesses; the many option and input
+errors call the same wrapped ``onmt.bin.*.main`` in-process (same code path, no interpreter
+start-up), asserting exit status 2, the one line, and no traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import importlib
+import sys
+
+import pytest
+import torch
+
+from conftest import SAMPLE, SDROP_PAIR, bin_path, run
+from onmt_sdrop import patches
+from onmt_sdrop.errors import SdropError
+
+CONFIG = """\
+src_vocab: {d}/vocab.src
+tgt_vocab: {d}/vocab.tgt
+data:
+  corpus_1:
+    path_src: {d}/train.de
+    path_tgt: {d}/train.en
+save_model: {d}/model
+hidden_size: 16
+word_vec_size: 16
+layers: 1
+batch_size: 8
+batch_type: sents
+bucket_size: 64
+num_workers: 0
+train_steps: 2
+valid_steps: 1000
+save_checkpoint_steps: 1
+report_every: 1
+dropout: 0.3
+seed: 1
+"""
+
+
+def write_vocab(path, lines):
+    counts = collections.Counter(w for ln in lines for w in ln.split())
+    path.write_text("".join(f"{w}\t{n}\n" for w, n in counts.most_common()))
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A 1x16 sdrop model: model_step_1.pt, model_step_2.pt, avg.pt; plus the config and a src."""
+    d = tmp_path_factory.mktemp("hard")
+    for side in ("de", "en"):
+        lines = (SAMPLE / f"train.{side}").read_text().splitlines(True)[:64]
+        (d / f"train.{side}").write_text("".join(lines))
+        write_vocab(d / f"vocab.{'src' if side == 'de' else 'tgt'}", lines)
+    (d / "c.yaml").write_text(CONFIG.format(d=d))
+    (d / "src.txt").write_text("".join((SAMPLE / "test.de").read_text().splitlines(True)[:3]))
+    proc = run([bin_path("onmt_train"), "-config", str(d / "c.yaml"), *SDROP_PAIR])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = run([bin_path("onmt_average_models"), "-models", str(d / "model_step_1.pt"),
+                str(d / "model_step_2.pt"), "-output", str(d / "avg.pt")])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return d
+
+
+def assert_one_line(code, err, *needles):
+    assert code == 2, err[-2000:]
+    assert "Traceback" not in err, err[-2000:]
+    lines = [ln for ln in err.splitlines() if "error:" in ln]
+    assert len(lines) == 1, err[-2000:]
+    for n in needles:
+        assert n in lines[0], lines[0]
+    return lines[0]
+
+
+def proc_error(proc, *needles):
+    return assert_one_line(proc.returncode, proc.stderr, *needles)
+
+
+@pytest.fixture
+def cli(monkeypatch, capsys):
+    """Run ``onmt.bin.<tool>.main`` in-process with ``args``; (exit code, stderr)."""
+    def call(tool, *args):
+        main = importlib.import_module(f"onmt.bin.{tool}").main
+        monkeypatch.setattr(sys, "argv", [f"onmt_{tool}", *map(str, args)])
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as exc:
+            main()
+        return exc.value.code, capsys.readouterr().err
+
+    return call
+
+
+# ------------------------------------------------------------------ security: no code from a .pt
+
+class Payload:
+    """Unpickling this creates the marker file (``open(marker, "w")``): a visible side effect."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+@pytest.fixture(scope="module")
+def evil(trained):
+    ckpt = torch.load(trained / "model_step_2.pt", weights_only=False)
+    marker = trained / "PAYLOAD_RAN"
+    ckpt["extra"] = Payload(marker)
+    torch.save(ckpt, trained / "evil.pt")
+    return trained / "evil.pt", marker
+
+
+@pytest.mark.parametrize("tool", ["translate", "train_from", "average_models"])
+def test_malicious_checkpoint_is_refused_and_its_payload_does_not_run(trained, evil, tool):
+    path, marker = evil
+    d = trained
+    cmd = {"translate": [bin_path("onmt_translate"), "-model", path, "-src", d / "src.txt",
+                         "-output", d / "evil.hyp"],
+           "train_from": [bin_path("onmt_train"), "-config", d / "c.yaml", *SDROP_PAIR,
+                          "-train_from", path, "-save_model", d / "evil_resumed"],
+           "average_models": [bin_path("onmt_average_models"), "-models", path,
+                              d / "model_step_1.pt", "-output", d / "evil_avg.pt"]}[tool]
+    proc = run([str(c) for c in cmd])
+    proc_error(proc, "evil.pt", "needs the global", "open", patches.TRUST_ENV)
+    assert not marker.exists(), "the checkpoint's payload ran"
+
+
+def test_trusted_opt_in_loads_what_the_allowlist_refuses(trained, evil, monkeypatch):
+    path, marker = evil
+    with pytest.raises(SdropError, match="needs the global .*open"):
+        patches.safe_load(path)
+    assert not marker.exists()
+    monkeypatch.setenv(patches.TRUST_ENV, "1")
+    ckpt = patches.safe_load(path)  # the user said the file is trusted: a full pickle load
+    assert "extra" in ckpt and marker.exists()
+    marker.unlink()
+
+
+def test_allowlist_is_exactly_what_real_checkpoints_hold(trained):
+    """onmt_train's checkpoints and onmt_average_models' output need argparse.Namespace only."""
+    assert patches.CHECKPOINT_GLOBALS == [argparse.Namespace]
+    for name in ("model_step_1.pt", "model_step_2.pt", "avg.pt"):
+        needs = torch.serialization.get_unsafe_globals_in_checkpoint(str(trained / name))
+        assert needs == ["argparse.Namespace"], (name, needs)
+        ckpt = patches.safe_load(trained / name)
+        assert {"model", "generator", "vocab", "opt", "optim"} <= set(ckpt)
+
+
+def test_other_callers_keep_torch_default(trained):
+    with pytest.raises(Exception, match="weights_only|Unsupported global"):
+        torch.load(trained / "model_step_2.pt")
+
+
+# ------------------------------------------------------------------ GPU -> CPU checkpoints
+
+@pytest.fixture(scope="module")
+def cupy_ckpt(trained):
+    """The averaged checkpoint with its stored options edited to say -sdrop_backend cupy."""
+    ckpt = torch.load(trained / "avg.pt", weights_only=False)
+    ckpt["opt"].sdrop_backend = "cupy"
+    torch.save(ckpt, trained / "cupy.pt")
+    return trained / "cupy.pt"
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the refusal was for machines without a GPU")
+@pytest.mark.parametrize("extra", [[], ["-sdrop_backend", "torch"]])
+def test_cupy_checkpoint_translates_on_cpu(trained, cupy_ckpt, extra):
+    out = trained / f"cupy{len(extra)}.hyp"
+    proc = run([bin_path("onmt_translate"), "-model", str(cupy_ckpt), "-src",
+                str(trained / "src.txt"), "-output", str(out), "-max_length", "5", *extra])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert len(out.read_text().splitlines()) == 3
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the refusal was for machines without a GPU")
+def test_train_from_cupy_checkpoint_takes_the_command_line_backend(trained, cupy_ckpt):
+    """-train_from: the backend given on the command line (else auto), never the checkpoint's;
+    another -dropout is named in one info line (the checkpoint's rate is kept)."""
+    proc = run([bin_path("onmt_train"), "-config", str(trained / "c.yaml"), *SDROP_PAIR,
+                "-train_from", str(cupy_ckpt), "-sdrop_backend", "dense", "-dropout", "0.5",
+                "-train_steps", "3", "-save_model", str(trained / "resumed")])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    info = [ln for ln in proc.stderr.splitlines() if "-train_from: training on with" in ln]
+    assert len(info) == 1 and "-dropout 0.3, not this run's 0.5" in info[0], proc.stderr[-2000:]
+    saved = torch.load(trained / "resumed_step_3.pt", weights_only=False)["opt"]
+    assert saved.sdrop_backend == "dense" and saved.dropout == [0.3]
+
+
+def test_train_from_without_backend_option_uses_auto(trained, cupy_ckpt):
+    import onmt.train_single
+    from onmt.opts import train_opts
+    from onmt.utils.parse import ArgumentParser
+
+    parser = ArgumentParser()
+    train_opts(parser)
+    opt = parser.parse_known_args(["-config", str(trained / "c.yaml"), *SDROP_PAIR])[0]
+    ckpt = patches.safe_load(cupy_ckpt)
+    model_opt = onmt.train_single._get_model_opts(opt, checkpoint=ckpt)
+    assert model_opt.sdrop_backend == "auto"
+
+
+# ------------------------------------------------------------------ option errors (in-process)
+
+def train_args(trained, *extra):
+    return ["-config", trained / "c.yaml", *SDROP_PAIR, *extra]
+
+
+@pytest.mark.parametrize("extra,needles", [
+    # no silent degenerate dropout: kept count H - round(p*H) of 0, or of H with p > 0
+    (["-dropout", "0.97"], ["-dropout 0.97", "16-wide", "= 0 of 16", "every unit"]),
+    (["-dropout", "0.3", "0.97", "-dropout_steps", "0", "100", "-attention_dropout", "0", "0"],
+     ["-dropout 0.97", "= 0 of 16"]),
+    (["-encoder_type", "sdrop_rnn", "-hidden_size", "1", "-dropout", "0.5"],
+     ["-dropout 0.5", "1-wide", "(-dec_hid_size)", "= 1 of 1", "nothing would ever be dropped"]),
+    (["-word_vec_size", "-1", "-src_word_vec_size", "3", "-dropout", "0.9"],
+     ["3-wide", "(-src_word_vec_size)", "= 0 of 3"]),
+    (["-layers", "-1", "-enc_layers", "2", "-dec_layers", "2", "-hidden_size", "-1",
+      "-enc_hid_size", "4", "-dec_hid_size", "4", "-dropout", "0.9"], ["4-wide", "= 0 of 4"]),
+    # -input_feed 0 with copy / coverage attention: refused before the model is built
+    (["-input_feed", "0", "-copy_attn"], ["-input_feed 0 supports neither", "given -copy_attn"]),
+    (["-input_feed", "0", "-coverage_attn"], ["given -coverage_attn"]),
+    # layer counts, pairs, schedules
+    (["-layers", "-1", "-enc_layers", "0"], ["-enc_layers must be at least 1, got 0"]),
+    (["-layers", "-1", "-dec_layers", "0"], ["-dec_layers must be at least 1, got 0"]),
+    (["-encoder_type", "transformer"], ["-decoder_type sdrop_rnn", "-encoder_type transformer"]),
+    (["-dropout", "0.3", "0.1", "-dropout_steps", "0", "10"],
+     ["-dropout has 2 value(s), -attention_dropout 1 and -dropout_steps 2"]),
+    # stock OpenNMT-py's own assertions, one line instead of a traceback
+    (["-update_vocab"], ["-update_vocab needs -train_from"]),
+    (["-layers", "-1", "-hidden_size", "-1", "-enc_hid_size", "8", "-dec_hid_size", "16"],
+     ["must be the same size"]),
+])
+def test_bad_model_options_are_one_line_errors(trained, cli, extra, needles):
+    assert_one_line(*cli("train", *train_args(trained, *extra)), *needles)
+
+
+def test_degenerate_rate_is_fine_with_bernoulli_count(trained):
+    """The refusal is for the fixed kept count; -sdrop_count bernoulli draws Binomial(H, 1-p)."""
+    from onmt.opts import train_opts
+    from onmt.utils.parse import ArgumentParser
+
+    parser = ArgumentParser()
+    train_opts(parser)
+    opt = parser.parse_known_args([str(a) for a in train_args(
+        trained, "-dropout", "0.97", "-sdrop_count", "bernoulli")])[0]
+    ArgumentParser.update_model_opts(opt)
+    ArgumentParser.validate_model_opts(opt)  # no error
+
+
+# ------------------------------------------------------------------ bad checkpoints and inputs
+
+@pytest.fixture(scope="module")
+def bad_ckpts(trained):
+    d = trained / "bad"
+    d.mkdir()
+    (d / "empty.pt").write_bytes(b"")
+    data = (trained / "model_step_1.pt").read_bytes()
+    (d / "truncated.pt").write_bytes(data[: len(data) // 2])
+    (d / "text.pt").write_text("not a checkpoint\n")
+    return d
+
+
+CKPT_CASES = [("missing.pt", "checkpoint not found"), ("empty.pt", "checkpoint is empty"),
+              ("truncated.pt", "damaged or truncated"), ("text.pt", "damaged or truncated")]
+
+
+@pytest.mark.parametrize("name,needle", CKPT_CASES)
+@pytest.mark.parametrize("tool", ["translate", "train_from", "average_models"])
+def test_bad_checkpoint_is_one_line(trained, bad_ckpts, cli, tool, name, needle):
+    path = bad_ckpts / name
+    args = {"translate": ["-model", path, "-src", trained / "src.txt",
+                          "-output", trained / "x.hyp"],
+            "train_from": train_args(trained, "-train_from", path,
+                                     "-save_model", trained / "never"),
+            "average_models": ["-models", trained / "model_step_1.pt", path,
+                               "-output", trained / "never.pt"]}[tool]
+    code, err = cli("train" if tool == "train_from" else tool, *args)
+    assert_one_line(code, err, needle, name)
+
+
+def test_bad_checkpoint_subprocess_exit_status(trained, bad_ckpts):
+    """The same through the installed command, for its real exit status."""
+    proc = run([bin_path("onmt_average_models"), "-models", str(bad_ckpts / "truncated.pt"),
+                "-output", str(trained / "never.pt")])
+    proc_error(proc, "truncated.pt", "damaged or truncated")
+
+
+@pytest.mark.parametrize("src,needle", [("missing.txt", "-src file not found"),
+                                        ("empty.txt", "-src file is empty")])
+def test_translate_bad_src(trained, cli, src, needle):
+    (trained / "empty.txt").write_text("")
+    code, err = cli("translate", "-model", trained / "avg.pt", "-src", trained / src,
+                    "-output", trained / "x.hyp")
+    assert_one_line(code, err, needle, src)
+
+
+def test_translate_output_folder_missing(trained, cli):
+    code, err = cli("translate", "-model", trained / "avg.pt", "-src", trained / "src.txt",
+                    "-output", trained / "no" / "such" / "x.hyp")
+    assert_one_line(code, err, "-output folder does not exist")
+
+
+def corpus_config(d, src, tgt, vocab=None):
+    vocab = vocab or d / "v"
+    cfg = d / "corpus.yaml"
+    cfg.write_text(f"save_data: {d}/x\nsrc_vocab: {vocab}\ntgt_vocab: {vocab}\n"
+                   f"data:\n  c:\n    path_src: {src}\n    path_tgt: {tgt}\n")
+    return cfg
+
+
+@pytest.mark.parametrize("tool", ["build_vocab", "train"])
+def test_empty_and_non_utf8_corpus(tmp_path, cli, tool):
+    empty = tmp_path / "empty.txt"
+    empty.write_text("")
+    assert_one_line(*cli(tool, "-config", corpus_config(tmp_path, empty, empty)),
+                    "file is empty", "empty.txt")
+    bad = tmp_path / "bad.txt"
+    bad.write_bytes("eins\nzwei\ndr\xc3\xbc\xff ei\n".encode("latin-1"))
+    good = tmp_path / "good.txt"
+    good.write_text("one\ntwo\nthree\n")
+    assert_one_line(*cli(tool, "-config", corpus_config(tmp_path, bad, good)),
+                    "bad.txt line 3 is not UTF-8")
+
+
+def test_empty_vocabulary_file(tmp_path, trained, cli):
+    vocab = tmp_path / "empty.vocab"
+    vocab.write_text("")
+    src = trained / "train.de"
+    code, err = cli("train", "-config", corpus_config(tmp_path, src, trained / "train.en", vocab),
+                    *SDROP_PAIR)
+    assert_one_line(code, err, "vocab file is empty", "empty.vocab")
+
+
+def test_corpus_error_subprocess_exit_status(tmp_path):
+    empty = tmp_path / "empty.txt"
+    empty.write_text("")
+    proc = run([bin_path("onmt_build_vocab"), "-config",
+                str(corpus_config(tmp_path, empty, empty)), "-n_sample", "-1"])
+    proc_error(proc, "file is empty")
