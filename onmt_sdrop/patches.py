@@ -7,7 +7,8 @@ The OpenNMT-py / torch names replaced, here and in :mod:`onmt_sdrop.plugin` and
 * ``torch.load`` -- calls from ``onmt.*`` modules load with ``weights_only=True`` and an allowlist
   of the classes OpenNMT-py 3.5.1 checkpoints hold (:data:`CHECKPOINT_GLOBALS`); a file that needs
   more is refused in one line naming the class, unless ``ONMT_SDROP_TRUST_CHECKPOINTS=1``
-  (:data:`TRUST_ENV`) is set. A missing, empty or damaged file is a one-line error too.
+  (:data:`TRUST_ENV`) is set. A missing, empty or damaged file, or a torch file that is not an
+  OpenNMT-py checkpoint (read by :data:`CHECKPOINT_READERS`), is a one-line error too.
 * ``onmt.utils.parse.DataOptsCheckerMixin._validate_file`` -- files that do not exist (and empty
   vocabularies) are one-line errors.
 * ``onmt.utils.parse.DataOptsCheckerMixin._validate_data`` -- every corpus file exists, is not
@@ -15,9 +16,9 @@ The OpenNMT-py / torch names replaced, here and in :mod:`onmt_sdrop.plugin` and
 * ``onmt.utils.parse.ArgumentParser.validate_train_opts``, ``.validate_model_opts``,
   ``.validate_translate_opts``, ``.validate_prepare_opts`` -- OpenNMT-py's own option assertions
   become one-line errors; plus checks stock lacks (layer counts, the dropout schedule's lengths,
-  encoder/decoder pairs).
+  encoder/decoder pairs, ``-gpu_ranks`` on a machine without those GPUs).
 * ``onmt.bin.translate.translate`` -- ``-model`` files exist, ``-src`` exists and is not empty,
-  ``-output``'s folder exists.
+  ``-output``'s folder exists, ``-gpu`` exists.
 * ``onmt.bin.{train,translate,build_vocab,average_models}.main`` -- an
   :class:`~onmt_sdrop.errors.SdropError` is one line on stderr and exit status 2 (hook.py).
 * ``onmt.transforms.{clean,terminology,inlinetags,fuzzymatch,normalize}`` -- a module whose
@@ -76,7 +77,9 @@ def wrap_once(owner, name, make) -> bool:
 
 def replaced(owner, name) -> frozenset:
     """Keys of the :func:`wrap_once` wrappers on ``owner.name`` (for tests and ``info``)."""
-    raw = inspect.getattr_static(owner, name)
+    raw = inspect.getattr_static(owner, name, None)
+    if not (callable(raw) or isinstance(raw, (classmethod, staticmethod))):
+        return frozenset()
     return getattr(getattr(raw, "__func__", raw), "_sdrop_wraps", frozenset())
 
 
@@ -136,13 +139,31 @@ def safe_load(path, load=torch.load, **kwargs):
                          ) from None
 
 
+# OpenNMT-py modules whose torch.load reads a model checkpoint: the keys they go on to read
+CHECKPOINT_READERS = {"onmt.models.model_saver": ("opt",),
+                      "onmt.bin.average_models": ("model", "generator", "vocab", "opt")}
+
+
+def check_checkpoint(ckpt, where, keys=("opt",)):
+    """``ckpt`` is a dict with ``keys``: an OpenNMT-py checkpoint, not some other torch file."""
+    missing = [k for k in keys if not isinstance(ckpt, dict) or k not in ckpt]
+    if missing:
+        what = f"a dict without {', '.join(repr(k) for k in missing)}" if isinstance(ckpt, dict) \
+            else f"a {type(ckpt).__name__}"
+        raise SdropError(f"{where} is not an OpenNMT-py checkpoint (it holds {what})")
+    return ckpt
+
+
 def _make_torch_load(original):
     @functools.wraps(original)
     def load(f, *args, **kwargs):
         caller = sys._getframe(1).f_globals.get("__name__", "")
         if not (caller == "onmt" or caller.startswith("onmt.")) or args:
             return original(f, *args, **kwargs)
-        return safe_load(f, load=original, **kwargs)
+        obj = safe_load(f, load=original, **kwargs)
+        if caller in CHECKPOINT_READERS:
+            check_checkpoint(obj, f, CHECKPOINT_READERS[caller])
+        return obj
 
     load._sdrop_original = original
     return load
@@ -276,6 +297,10 @@ def check_train_opts(opt) -> None:
     if len(drop) != len(steps) or len(attn) != len(steps):
         raise SdropError(f"-dropout has {len(drop)} value(s), -attention_dropout {len(attn)} and "
                          f"-dropout_steps {len(steps)}: give one of each per schedule step")
+    ranks = list(getattr(opt, "gpu_ranks", []) or [])
+    if ranks:
+        _check_gpus(f"-gpu_ranks {' '.join(map(str, ranks))} asks for {len(ranks)} GPU(s) "
+                    f"on this machine", len(ranks))
 
 
 def check_model_opts(opt) -> None:
@@ -286,8 +311,19 @@ def check_model_opts(opt) -> None:
             raise SdropError(f"-{name} must be at least 1, got {n}")
 
 
+def _check_gpus(asked: str, needed: int) -> None:
+    """``needed`` local GPUs exist (``asked`` says which option asked for them)."""
+    have = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if needed > have:
+        seen = f"only {have} GPU(s) visible to torch" if have else \
+            f"no GPU visible to torch {torch.__version__}"
+        raise SdropError(f"{asked}, but there is {seen}; leave it out to run on the CPU")
+
+
 def check_translate_opts(opt) -> None:
-    """``-src`` exists and is not empty; ``-output`` can be written."""
+    """``-src`` exists and is not empty; ``-output`` can be written; ``-gpu`` exists."""
+    if getattr(opt, "gpu", -1) >= 0:
+        _check_gpus(f"-gpu {opt.gpu} asks for GPU {opt.gpu}", opt.gpu + 1)
     src = getattr(opt, "src", None)
     if src:
         if not os.path.isfile(src):

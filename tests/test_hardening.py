@@ -343,3 +343,22 @@ def test_corpus_error_subprocess_exit_status(tmp_path):
     proc = run([bin_path("onmt_build_vocab"), "-config",
                 str(corpus_config(tmp_path, empty, empty)), "-n_sample", "-1"])
     proc_error(proc, "file is empty")
+
+
+@pytest.mark.parametrize("tool", ["translate", "average_models"])
+def test_torch_file_that_is_not_a_checkpoint(trained, cli, tool):
+    path = trained / "bad" / "tensor.pt"
+    torch.save(torch.zeros(3), path)
+    args = {"translate": ["-model", path, "-src", trained / "src.txt", "-output", trained / "x"],
+            "average_models": ["-models", path, "-output", trained / "never.pt"]}[tool]
+    assert_one_line(*cli(tool, *args), "tensor.pt is not an OpenNMT-py checkpoint",
+                    "holds a Tensor")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="for machines without a GPU")
+def test_gpu_options_without_a_gpu(trained, cli):
+    assert_one_line(*cli("translate", "-model", trained / "avg.pt", "-src", trained / "src.txt",
+                         "-output", trained / "x.hyp", "-gpu", "0"),
+                    "-gpu 0 asks for GPU 0", "no GPU visible")
+    assert_one_line(*cli("train", *train_args(trained, "-gpu_ranks", "0")),
+                    "-gpu_ranks 0 asks for 1 GPU(s)", "no GPU visible")

@@ -25,12 +25,82 @@ def test_torch_load_full_checkpoints_only_for_onmt(tmp_path):
 
 
 def test_patches_are_idempotent():
-    from onmt.utils.parse import DataOptsCheckerMixin
+    import onmt.bin.translate
+    import onmt.model_builder
+    import onmt.train_single
+    from onmt.utils.parse import ArgumentParser, DataOptsCheckerMixin
 
-    before = (torch.load, DataOptsCheckerMixin.__dict__["_validate_data"])
+    from onmt_sdrop import plugin
+
+    def state():
+        return (torch.load, DataOptsCheckerMixin.__dict__["_validate_data"],
+                DataOptsCheckerMixin.__dict__["_validate_file"],
+                *(ArgumentParser.__dict__[n] for n in (
+                    "validate_model_opts", "validate_train_opts", "validate_translate_opts",
+                    "validate_prepare_opts", "ckpt_model_opts")),
+                onmt.opts.model_opts, onmt.opts.translate_opts, onmt.model_builder.build_base_model,
+                onmt.model_builder.load_test_model, onmt.train_single._get_model_opts,
+                onmt.bin.translate.main, onmt.bin.translate.translate)
+
+    before = state()
     patches.apply()
+    plugin.register()
     hook.install()
-    assert (torch.load, DataOptsCheckerMixin.__dict__["_validate_data"]) == before
+    patches.wrap_entry_point(onmt.bin.translate)
+    assert state() == before
+
+
+def test_wrap_once_functions_classmethods_staticmethods():
+    class Base:
+        @classmethod
+        def cm(cls, x):
+            return (cls.__name__, x)
+
+        @staticmethod
+        def sm(x):
+            return x + 1
+
+    class Child(Base):
+        pass
+
+    def plus_ten(inner):
+        return lambda *a: (inner(*a), 10)
+
+    def twice(inner):
+        return lambda *a: (inner(*a), "twice")
+
+    assert patches.wrap_once(Child, "cm", plus_ten)       # inherited classmethod: set on Child
+    assert not patches.wrap_once(Child, "cm", plus_ten)   # once
+    assert Child.cm(1) == (("Child", 1), 10) and Base.cm(1) == ("Base", 1)
+    assert isinstance(Child.__dict__["cm"], classmethod)
+    assert patches.wrap_once(Child, "cm", twice)          # another wrapper stacks
+    assert Child.cm(2) == ((("Child", 2), 10), "twice")
+    assert patches.replaced(Child, "cm") == {f"{__name__}.{f.__qualname__}" for f in (plus_ten,
+                                                                                       twice)}
+    patches.wrap_once(Base, "sm", plus_ten)
+    assert isinstance(Base.__dict__["sm"], staticmethod) and Base.sm(1) == (2, 10)
+    module = type(sys)("m")
+    module.f = lambda: 1
+    patches.wrap_once(module, "f", plus_ten)
+    patches.wrap_once(module, "f", plus_ten)
+    assert module.f() == (1, 10)
+
+
+def test_every_replacement_is_listed_in_the_patches_docstring():
+    import onmt.bin.translate
+    import onmt.model_builder
+    import onmt.train_single
+    from onmt.utils.parse import ArgumentParser, DataOptsCheckerMixin
+
+    doc = patches.__doc__
+    owners = [(torch, "torch"), (onmt.opts, "onmt.opts"), (onmt.model_builder,
+              "onmt.model_builder"), (onmt.train_single, "onmt.train_single"),
+              (onmt.bin.translate, "onmt.bin"), (ArgumentParser, "ArgumentParser"),
+              (DataOptsCheckerMixin, "DataOptsCheckerMixin")]
+    for owner, label in owners:
+        for name in list(vars(owner)):
+            if patches.replaced(owner, name):
+                assert f"{name}``" in doc or f".{name}" in doc, (label, name)
 
 
 def test_stock_registries_know_the_plugin():
