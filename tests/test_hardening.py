@@ -131,6 +131,40 @@ def test_malicious_checkpoint_is_refused_and_its_payload_does_not_run(trained, e
     assert not marker.exists(), "the checkpoint's payload ran"
 
 
+class ShellPayload:
+    """The classic: unpickling runs ``os.system("touch marker")``."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, (f"touch {self.marker}",))
+
+
+@pytest.mark.parametrize("fmt", ["zip", "legacy", "pickle2", "pickle4"])
+def test_payload_refused_in_every_file_format(tmp_path, fmt):
+    """torch.save's zip format, its legacy format, and a bare pickle.dump: all refused by
+    OpenNMT-py's own loader, naming the global, and the command never runs. (torch's unpickler
+    stops a protocol-4 pickle at its first FRAME opcode, before any global: refused as damaged.)"""
+    import pickle
+
+    from onmt.models.model_saver import load_checkpoint
+
+    marker = tmp_path / "RAN"
+    obj = {"opt": argparse.Namespace(a=1), "x": ShellPayload(marker)}
+    path = tmp_path / f"{fmt}.pt"
+    if fmt.startswith("pickle"):
+        path.write_bytes(pickle.dumps(obj, protocol=int(fmt[-1])))
+    else:
+        torch.save(obj, path, _use_new_zipfile_serialization=fmt == "zip")
+    why = "not a checkpoint" if fmt == "pickle4" else r"needs the global (posix|os|nt)\.system"
+    with pytest.raises(SdropError, match=why):
+        load_checkpoint(str(path))
+    assert not marker.exists()
+
+
 def test_trusted_opt_in_loads_what_the_allowlist_refuses(trained, evil, monkeypatch):
     path, marker = evil
     with pytest.raises(SdropError, match="needs the global .*open"):

@@ -14,7 +14,8 @@ from conftest import run
 from onmt_sdrop import hook, patches
 
 
-def test_torch_load_full_checkpoints_only_for_onmt(tmp_path):
+def test_torch_load_allowlisted_checkpoints_for_onmt(tmp_path):
+    """OpenNMT-py's loads keep weights_only=True and allow argparse.Namespace (the options)."""
     path = tmp_path / "ckpt.pt"
     torch.save({"opt": Namespace(a=1), "model": {}}, path)
     from onmt.models.model_saver import load_checkpoint
