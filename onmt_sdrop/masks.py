@@ -60,6 +60,7 @@ class StepMask:
         if self.windows is None:   # a mask built by hand (tests): read its windows once
             self.windows = tuple(zip(self.offsets.tolist(), self.counts.tolist()))
         self._cache = {}
+        self._parent = None
 
     @property
     def groups(self) -> int:
@@ -79,13 +80,12 @@ class StepMask:
         return self._cache[key]
 
     def step(self, g) -> "StepMask":
-        """The mask of group ``g`` (an int or a slice) as a mask of its own (cached slices)."""
+        """The mask of group ``g`` (an int or a slice) as a mask of its own; its index tensors
+        are slices of this mask's (made once for all steps)."""
         sl = slice(g, g + 1) if isinstance(g, int) else g
         sub = StepMask(self.perm, self.offsets[sl], self.counts[sl], self.scale[sl], self.size,
                        self.kmax, self.windows[sl])
-        for key, value in self._cache.items():
-            if key[0] in ("index", "weight"):
-                sub._cache[key] = value[sl]
+        sub._parent = (self, sl)
         return sub
 
     @staticmethod
@@ -104,6 +104,9 @@ class StepMask:
     def window_index(self) -> torch.Tensor:
         """(G, kmax) unit index of each compact column; columns past ``counts[g]`` are dropped units."""
         def make():
+            if self._parent is not None:
+                parent, sl = self._parent
+                return parent.window_index()[sl]
             j = torch.arange(self.kmax, device=self.device)
             return self.perm[(self.offsets[:, None] + j[None, :]) % self.size]
         return self._cached(("index",), make)
@@ -111,6 +114,9 @@ class StepMask:
     def column_weight(self, dtype=torch.float32) -> torch.Tensor:
         """(G, kmax) scale for kept compact columns, 0 for the padding past ``counts[g]``."""
         def make():
+            if self._parent is not None:
+                parent, sl = self._parent
+                return parent.column_weight(dtype)[sl]
             j = torch.arange(self.kmax, device=self.device)
             keep = j[None, :] < self.counts[:, None]
             return keep.to(dtype) * self.scale[:, None].to(dtype)

@@ -113,3 +113,41 @@ def test_ops_under_autocast(ops):
     for got, want in zip(outs16 + grads16, outs32 + grads32):
         assert_close_scaled(got.float(), want, 2e-2)
     assert all(gr.dtype == torch.float32 for gr in grads16)
+
+
+def test_every_backend_exports_the_interface():
+    """The torch and CUDA backends are interchangeable: the same names, each callable."""
+    from onmt_sdrop.ops import INTERFACE, cupy_backend
+
+    for backend in (torch_backend, cupy_backend):
+        missing = [n for n in INTERFACE if not callable(getattr(backend, n, None))]
+        assert not missing, f"{backend.__name__} lacks {missing}"
+
+
+def test_per_step_weight_gradients_fold_into_one_grouped_gemm():
+    """Per-step consumer calls on one windowed weight (the input-fed decoder) defer their weight
+    gradients; the fold runs ONE grouped dW over all steps and equals the dense reference."""
+    torch.manual_seed(0)
+    m = sample_step_mask(5, 12, 0.3)
+    x = torch.randn(5, 3, 12, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(7, 12, dtype=torch.float64, requires_grad=True)
+    ww = torch_backend.permute_weight(w, m, 1)
+    calls = []
+    real = torch_backend.consumer_dw
+
+    def counted(*a):
+        calls.append(a[2].groups)
+        return real(*a)
+
+    ys = [torch_backend.compact_matmul(torch_backend.gather(x[t:t + 1], m.step(t)), ww, m.step(t))
+          for t in range(5)]
+    import onmt_sdrop.ops.torch_backend as tb
+    tb.consumer_dw = counted
+    try:
+        gw, = torch.autograd.grad(sum((y * (t + 1)).sum() for t, y in enumerate(ys)), (w,))
+    finally:
+        tb.consumer_dw = real
+    want, = torch.autograd.grad(sum((reference.consumer(x, w, m)[t] * (t + 1)).sum()
+                                    for t in range(5)), (w,))
+    torch.testing.assert_close(gw, want, rtol=1e-12, atol=1e-12)
+    assert calls == [5]

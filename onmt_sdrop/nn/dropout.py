@@ -65,9 +65,14 @@ class CompactDrop:
     def __init__(self, mask, ops):
         self.mask = mask
         self.ops = ops
+        self._steps = {}
 
     def _m(self, t):
-        return self.mask if t is None else self.mask.step(t)
+        if t is None:
+            return self.mask
+        if t not in self._steps:   # a step's mask is asked for by several ops
+            self._steps[t] = self.mask.step(t)
+        return self._steps[t]
 
     @staticmethod
     def _3d(x, t):

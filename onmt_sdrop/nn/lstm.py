@@ -71,7 +71,5 @@ def run_lstm(rnn: torch.nn.LSTM, x: torch.Tensor, sites, ops, lengths=None, stat
 
 
 def lstm_cell(ops, gx: torch.Tensor, cell: torch.nn.LSTMCell, h: torch.Tensor, c: torch.Tensor):
-    """One step of ``cell`` given its input projection ``gx`` (B, 4h) without biases."""
-    gx = gx + cell.bias_ih + cell.bias_hh
-    _, h1, c1 = ops.lstm_sequence(gx[None, None], cell.weight_hh[None], h[None], c[None])
-    return h1[0], c1[0]
+    """One step of ``cell`` given its input projection ``gx`` (B, 4h) with both biases added."""
+    return ops.lstm_cell(gx, cell.weight_hh, h, c)

@@ -18,7 +18,7 @@ BACKENDS = ("auto", "torch", "cupy", "dense")
 INTERFACE = ("gather", "scatter", "permute_weight",
              "consumer_fwd", "consumer_dx", "consumer_dw",
              "producer_fwd", "producer_dx", "producer_dw",
-             "compact_matmul", "matmul_compact", "lstm_sequence")
+             "compact_matmul", "matmul_compact", "lstm_sequence", "lstm_cell")
 
 # "auto" picks the CUDA kernels only once they have passed tests/test_cuda.py on a real GPU
 # (bench/gpu_check.sh). Until then they run only when asked for by name (-sdrop_backend cupy).

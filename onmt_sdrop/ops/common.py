@@ -31,6 +31,15 @@ def scatter(xc: torch.Tensor, mask: StepMask) -> torch.Tensor:
     return xc.new_zeros(g, b, mask.size).scatter(2, idx, xc)
 
 
+def new_output(like: torch.Tensor, shape, mask: StepMask, width_is_count: bool) -> torch.Tensor:
+    """The output of a grouped GEMM: empty when every group writes its part whole (known from the
+    host-side windows), zeros when some part is left untouched (groups with no kept unit, or
+    compact columns past a group's count)."""
+    covered = all(k for _, k in mask.windows)
+    whole = covered and (not width_is_count or all(k == mask.kmax for _, k in mask.windows))
+    return (like.new_empty if whole else like.new_zeros)(shape)
+
+
 class WindowedWeight:
     """A weight with one axis in extended permuted order (``H + kmax`` long), for one batch.
 

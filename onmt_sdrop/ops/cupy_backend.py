@@ -18,7 +18,8 @@ from torch.autograd import Function
 
 from ..masks import StepMask
 from .amp import autocast_op
-from .common import CompactMatmul, MatmulCompact, gather, permute_weight, scatter  # noqa: F401
+from .common import (CompactMatmul, MatmulCompact, gather, new_output,  # noqa: F401
+                     permute_weight, scatter)
 
 KERNELS = Path(__file__).resolve().parents[1] / "kernels"
 TILE, ROWS_PER_THREAD = 32, 8
@@ -87,7 +88,7 @@ def consumer_fwd(xc, w, mask: StepMask):
     xc = xc.contiguous()
     g, b, kmax = xc.shape
     n = w.shape[0]
-    y = xc.new_zeros(g, b, n)
+    y = new_output(xc, (g, b, n), mask, False)
     _grouped_gemm(xc, w, y, mask, mode=4, m=b, n=n, k=kmax,
                   a_s=(b * kmax, 0, kmax, 1), b_s=(0, 1, 1, w.stride(0)), c_s=(b * n, 0, n, 1))
     return y
@@ -97,7 +98,7 @@ def consumer_dx(dy, w, mask: StepMask):
     dy = dy.contiguous()
     g, b, n = dy.shape
     kmax = mask.kmax
-    dxc = dy.new_zeros(g, b, kmax)
+    dxc = new_output(dy, (g, b, kmax), mask, True)
     _grouped_gemm(dy, w, dxc, mask, mode=2, m=b, n=kmax, k=n,
                   a_s=(b * n, 0, n, 1), b_s=(0, 1, w.stride(0), 1), c_s=(b * kmax, 0, kmax, 1))
     return dxc
@@ -116,7 +117,7 @@ def producer_fwd(x, w, mask: StepMask):
     x = x.contiguous()
     g, b, i = x.shape
     kmax, ws = mask.kmax, w.stride(0)
-    yc = x.new_zeros(g, b, kmax)
+    yc = new_output(x, (g, b, kmax), mask, True)
     _grouped_gemm(x, w, yc, mask, mode=2, m=b, n=kmax, k=i,
                   a_s=(b * i, 0, i, 1), b_s=(0, ws, 1, ws), c_s=(b * kmax, 0, kmax, 1))
     return yc
@@ -126,7 +127,7 @@ def producer_dx(dyc, w, mask: StepMask):
     dyc = dyc.contiguous()
     g, b, kmax = dyc.shape
     i, ws = w.shape[1], w.stride(0)
-    dx = dyc.new_zeros(g, b, i)
+    dx = new_output(dyc, (g, b, i), mask, False)
     _grouped_gemm(dyc, w, dx, mask, mode=4, m=b, n=i, k=kmax,
                   a_s=(b * kmax, 0, kmax, 1), b_s=(0, ws, ws, 1), c_s=(b * i, 0, i, 1))
     return dx
@@ -204,7 +205,10 @@ class _LSTMSequence(Function):
             _launch_pointwise("lstm_bwd", acts.dtype, rows, h, [
                 acts[t], c_new[t], cs[t], v[t] if ctx.has_valid else None,
                 None if d_outs is None else d_outs[t], dh, dc, dgates[t]])
-            dh += torch.bmm(dgates[t], w_hh.to(acts.dtype)).float()
+            if acts.dtype == torch.float32:
+                dh.baddbmm_(dgates[t], w_hh)
+            else:
+                dh += torch.bmm(dgates[t], w_hh.to(acts.dtype)).float()
         d_whh = None
         if ctx.needs_input_grad[1]:
             dg_all = dgates.permute(1, 3, 0, 2).reshape(d, four_h, -1)
@@ -217,3 +221,39 @@ class _LSTMSequence(Function):
 def lstm_sequence(gx, w_hh, h0, c0, valid=None):
     v = None if valid is None else valid[:, None, :, None]
     return _LSTMSequence.apply(gx.contiguous(), w_hh, h0.contiguous(), c0.contiguous(), v)
+
+
+class _LSTMCell(Function):
+    """One step: cuBLAS for ``gx + h W_hh^T``, one fused point-wise kernel each way."""
+
+    @staticmethod
+    def forward(ctx, gx, w_hh, h, c):
+        b, four_h = gx.shape
+        gates = torch.addmm(gx, h, w_hh.t())
+        acts = torch.empty_like(gates)
+        c1, h1 = torch.empty_like(c), torch.empty_like(h)
+        # no length mask: c_new and the next cell are the same tensor, as are h and the output
+        _launch_pointwise("lstm_fwd", gx.dtype, b, four_h // 4, [
+            gates, c, h, None, acts, c1, c1, h1, h1])
+        ctx.save_for_backward(w_hh, acts, h, c, c1)
+        return h1, c1
+
+    @staticmethod
+    def backward(ctx, dh1, dc1):
+        w_hh, acts, h, c, c1 = ctx.saved_tensors
+        b, four_h = acts.shape
+        dh = torch.zeros(b, four_h // 4, dtype=torch.float32, device=acts.device) \
+            if dh1 is None else dh1.float().clone()
+        dc = torch.zeros_like(dh) if dc1 is None else dc1.float().clone()
+        dgates = torch.empty_like(acts)
+        _launch_pointwise("lstm_bwd", acts.dtype, b, four_h // 4, [
+            acts, c1, c, None, None, dh, dc, dgates])
+        d_whh = (dgates.t() @ h).to(w_hh.dtype) if ctx.needs_input_grad[1] else None
+        dh = torch.addmm(dh, dgates.float(), w_hh.float()) if acts.dtype != torch.float32 \
+            else dh.addmm_(dgates, w_hh)
+        return dgates, d_whh, dh.to(h.dtype), dc.to(c.dtype)
+
+
+@autocast_op
+def lstm_cell(gx, w_hh, h, c):
+    return _LSTMCell.apply(gx.contiguous(), w_hh, h.contiguous(), c.contiguous())

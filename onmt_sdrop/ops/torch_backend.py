@@ -15,7 +15,8 @@ from torch.autograd import Function
 
 from ..masks import StepMask
 from .amp import autocast_op
-from .common import CompactMatmul, MatmulCompact, WindowedWeight, gather, permute_weight, scatter
+from .common import (CompactMatmul, MatmulCompact, WindowedWeight, gather, new_output,
+                     permute_weight, scatter)
 
 
 # ---------------------------------------------------------------- the six grouped GEMMs
@@ -52,13 +53,6 @@ def _mm_into(dst: torch.Tensor, gs, k: int, a: torch.Tensor, b: torch.Tensor) ->
         dst[gs, :, :k] = (a @ b).view(len(gs), dst.shape[1], k)
 
 
-def _new_out(like: torch.Tensor, shape, mask: StepMask, width_is_count: bool):
-    """An output every group writes whole (empty), or one with untouched parts (zeros)."""
-    covered = sum(1 for _, k in mask.windows if k) == mask.groups
-    whole = covered and (not width_is_count or all(k == mask.kmax for _, k in mask.windows))
-    return (like.new_empty if whole else like.new_zeros)(shape)
-
-
 def _accumulate(dw: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
     """``dw += a @ b``; under autocast ``a, b`` are half and the gradient buffer stays float32."""
     if dw.dtype == a.dtype:
@@ -71,7 +65,7 @@ def consumer_fwd(xc, w, mask: StepMask):
     """``Y[g] = Xc[g][:, :k] @ W[:, o:o+k]^T``: (G, B, kmax) -> (G, B, N)."""
     g, b, _ = xc.shape
     n = w.shape[0]
-    y = _new_out(xc, (g, b, n), mask, False)
+    y = new_output(xc, (g, b, n), mask, False)
     for o, k, gs in mask.window_groups():
         _mm_into(y, gs, n, _rows(xc, gs, k), w[:, o:o + k].t())
     return y
@@ -80,7 +74,7 @@ def consumer_fwd(xc, w, mask: StepMask):
 def consumer_dx(dy, w, mask: StepMask):
     """``dXc[g][:, :k] = dY[g] @ W[:, o:o+k]``: (G, B, N) -> (G, B, kmax), zero past k."""
     g, b, _ = dy.shape
-    dxc = _new_out(dy, (g, b, mask.kmax), mask, True)
+    dxc = new_output(dy, (g, b, mask.kmax), mask, True)
     for o, k, gs in mask.window_groups():
         _mm_into(dxc, gs, k, _rows(dy, gs), w[:, o:o + k])
     return dxc
@@ -95,7 +89,7 @@ def consumer_dw(dy, xc, mask: StepMask, dw) -> None:
 def producer_fwd(x, w, mask: StepMask):
     """``Yc[g][:, :k] = X[g] @ W[o:o+k, :]^T``: (G, B, I) -> (G, B, kmax), zero past k."""
     g, b, _ = x.shape
-    yc = _new_out(x, (g, b, mask.kmax), mask, True)
+    yc = new_output(x, (g, b, mask.kmax), mask, True)
     for o, k, gs in mask.window_groups():
         _mm_into(yc, gs, k, _rows(x, gs), w[o:o + k].t())
     return yc
@@ -105,7 +99,7 @@ def producer_dx(dyc, w, mask: StepMask):
     """``dX[g] = dYc[g][:, :k] @ W[o:o+k, :]``: (G, B, kmax) -> (G, B, I)."""
     g, b, _ = dyc.shape
     i = w.shape[1]
-    dx = _new_out(dyc, (g, b, i), mask, False)
+    dx = new_output(dyc, (g, b, i), mask, False)
     for o, k, gs in mask.window_groups():
         _mm_into(dx, gs, i, _rows(dyc, gs, k), w[o:o + k])
     return dx
@@ -136,11 +130,12 @@ def matmul_compact(x: torch.Tensor, ww: WindowedWeight, mask: StepMask) -> torch
 
 def lstm_pointwise(gates: torch.Tensor, c_prev: torch.Tensor):
     """Gate activations (order i, f, g, o as in ``nn.LSTM``), new cell and hidden state."""
-    i, f, g, o = gates.chunk(4, -1)
-    i, f, g, o = i.sigmoid(), f.sigmoid(), g.tanh(), o.sigmoid()
+    h = c_prev.shape[-1]
+    acts = gates.sigmoid()
+    torch.tanh(gates[..., 2 * h:3 * h], out=acts[..., 2 * h:3 * h])
+    i, f, g, o = acts.chunk(4, -1)
     c = torch.addcmul(f * c_prev, i, g)
-    h = o * c.tanh()
-    return torch.cat([i, f, g, o], -1), c, h
+    return acts, c, o * c.tanh()
 
 
 def lstm_pointwise_backward(acts, c_new, c_prev, dh, dc, d_out=None, valid=None, out=None):
@@ -149,77 +144,76 @@ def lstm_pointwise_backward(acts, c_new, c_prev, dh, dc, d_out=None, valid=None,
     ``dh``, ``dc``: gradients w.r.t. the state after the step; ``d_out``: w.r.t. its output.
     Returns (gate gradients, written into ``out`` if given; the part of ``dh`` that passes a
     padded step unchanged, to which the caller adds ``dgates @ W_hh`` for h_{t-1}; dc_{t-1})."""
-    i, f, g, o = acts.chunk(4, -1)
-    tc = c_new.tanh()
     dhn = dh if d_out is None else dh + d_out
     carry_h = carry_c = 0
     if valid is not None:
         v = valid.to(acts.dtype)
         carry_h, carry_c = (1 - v) * dh, (1 - v) * dc
         dhn, dc = v * dhn, v * dc
-    dcn = dc + dhn * o * (1 - tc * tc)
-    dgates = torch.empty_like(acts) if out is None else out
-    di, df, dgg, do = dgates.chunk(4, -1)
-    torch.mul(dcn * g, i * (1 - i), out=di)
-    torch.mul(dcn * c_prev, f * (1 - f), out=df)
-    torch.mul(dcn * i, 1 - g * g, out=dgg)
-    torch.mul(dhn * tc, o * (1 - o), out=do)
-    return dgates, carry_h, dcn * f + carry_c
+    dgates, dc_prev = _gate_grads(acts, c_new.tanh(), c_prev, dhn, dc, out)
+    return dgates, carry_h, dc_prev + carry_c
+
+
+def _gate_grads(acts, tc, c_prev, dh, dc, out=None):
+    """Gate gradients and dc_{t-1} of one step, given tanh(c_t) and the state gradients."""
+    h = c_prev.shape[-1]
+    i, f, g, o = acts.chunk(4, -1)
+    dcn = torch.addcmul(dc, dh, o * (1 - tc * tc))
+    # d act / d pre-activation: a(1-a) for the sigmoid gates, 1-g^2 for the tanh gate
+    local = acts * (1 - acts)
+    local[..., 2 * h:3 * h].fill_(1).addcmul_(g, g, value=-1)
+    value = torch.cat([g * dcn, c_prev * dcn, i * dcn, tc * dh], -1)
+    dgates = torch.mul(value, local, out=out) if out is not None else value * local
+    return dgates, dcn * f
 
 
 class _LSTMSequence(Function):
     """Forward and backward-through-time of a (multi-direction) LSTM layer whose input projections
-    ``gx`` are precomputed. One dense recurrent GEMM per step, no autograd graph inside."""
+    ``gx`` (biases included) are precomputed: per step only the recurrent GEMM and the point-wise
+    math, as in haste; ``W_hh``'s gradient is one GEMM over all steps after the loop. No length
+    mask inside the loop: padding sits at the end of every sequence (both directions), so the
+    caller zeroes the outputs and takes the final state at each sequence's last step afterwards,
+    and padded steps get zero gradients."""
 
     @staticmethod
-    def forward(ctx, gx, w_hh, h0, c0, valid):
-        # gx (T, D, B, 4h) incl. biases, w_hh (D, 4h, h), h0/c0 (D, B, h), valid (T, 1, B, 1) or None
+    def forward(ctx, gx, w_hh, h0, c0):
+        # gx (T, D, B, 4h), w_hh (D, 4h, h), h0/c0 (D, B, h) -> all h (T, D, B, h), all c
         steps = gx.shape[0]
         w_t = w_hh.transpose(1, 2)
-        acts, c_new_all, h_prev_all, c_prev_all = [], [], [], []
-        outs = gx.new_empty(steps, *h0.shape)
-        h, c = h0, c0
+        hs = gx.new_empty(steps + 1, *h0.shape)
+        cs = gx.new_empty(steps + 1, *c0.shape)
+        acts = torch.empty_like(gx)
+        hs[0], cs[0] = h0, c0
         for t in range(steps):
-            h_prev_all.append(h)
-            c_prev_all.append(c)
-            a, cn, hn = lstm_pointwise(torch.baddbmm(gx[t], h, w_t), c)
-            acts.append(a)
-            c_new_all.append(cn)
-            if valid is None:
-                h, c = hn, cn
-                outs[t] = hn
-            else:
-                v = valid[t]
-                outs[t] = hn * v
-                h = torch.where(v, hn, h)
-                c = torch.where(v, cn, c)
-        ctx.save_for_backward(w_hh, torch.stack(acts), torch.stack(c_new_all),
-                              torch.stack(h_prev_all), torch.stack(c_prev_all),
-                              valid if valid is not None else torch.empty(0))
-        ctx.has_valid = valid is not None
-        return outs, h, c
+            gates = torch.baddbmm(gx[t], hs[t], w_t)
+            a, cn, hn = lstm_pointwise(gates, cs[t])
+            acts[t], cs[t + 1], hs[t + 1] = a, cn, hn
+        ctx.save_for_backward(w_hh, acts, hs, cs)
+        return hs[1:], cs[1:]
 
     @staticmethod
-    def backward(ctx, d_outs, d_hT, d_cT):
-        w_hh, acts, c_new, h_prev, c_prev, valid = ctx.saved_tensors
+    def backward(ctx, d_hs, d_cs):
+        w_hh, acts, hs, cs = ctx.saved_tensors
         steps = acts.shape[0]
-        dh = torch.zeros_like(h_prev[0]) if d_hT is None else d_hT.clone()
-        dc = torch.zeros_like(c_prev[0]) if d_cT is None else d_cT.clone()
+        dh = torch.zeros_like(hs[0])
+        dc = torch.zeros_like(cs[0])
         dgates = torch.empty_like(acts)
+        tcs = cs[1:].tanh()
         for t in range(steps - 1, -1, -1):
-            _, carry_h, dc = lstm_pointwise_backward(
-                acts[t], c_new[t], c_prev[t], dh, dc, None if d_outs is None else d_outs[t],
-                valid[t] if ctx.has_valid else None, out=dgates[t])
-            dh = torch.bmm(dgates[t], w_hh) + carry_h
-        d_gx = dgates if ctx.needs_input_grad[0] else None
+            if d_hs is not None:
+                dh = dh + d_hs[t]
+            if d_cs is not None:
+                dc = dc + d_cs[t]
+            _, dc = _gate_grads(acts[t], tcs[t], cs[t], dh, dc, out=dgates[t])
+            dh = torch.bmm(dgates[t], w_hh)
         d_whh = None
         if ctx.needs_input_grad[1]:
             # sum_t dgates_t^T h_{t-1}: one GEMM over all steps
-            D = acts.shape[1]
-            dg_all = dgates.permute(1, 3, 0, 2).reshape(D, acts.shape[3], -1)
-            hp_all = h_prev.permute(1, 0, 2, 3).reshape(D, -1, h_prev.shape[3])
+            d, four_h, h = w_hh.shape
+            dg_all = dgates.permute(1, 3, 0, 2).reshape(d, four_h, -1)
+            hp_all = hs[:steps].permute(1, 0, 2, 3).reshape(d, -1, h)
             d_whh = torch.bmm(dg_all, hp_all)
-        return d_gx, d_whh, dh, dc, None
+        return dgates, d_whh, dh, dc
 
 
 @autocast_op
@@ -227,8 +221,40 @@ def lstm_sequence(gx, w_hh, h0, c0, valid=None):
     """Run an LSTM layer over precomputed input projections.
 
     gx: (T, D, B, 4h) input projections plus both biases, for D directions already in their own
-    time order; w_hh: (D, 4h, h); h0, c0: (D, B, h); valid: (T, B) bool or None (state holds and
-    output is zero where False). Returns outputs (T, D, B, h) and the final (h, c), each (D, B, h).
+    time order; w_hh: (D, 4h, h); h0, c0: (D, B, h); valid: (T, B) bool or None (each sequence's
+    valid steps come first; output is zero where False and the final state is that of the last
+    valid step). Returns outputs (T, D, B, h) and the final (h, c), each (D, B, h).
     """
-    v = None if valid is None else valid[:, None, :, None]
-    return _LSTMSequence.apply(gx, w_hh, h0, c0, v)
+    hs, cs = _LSTMSequence.apply(gx, w_hh, h0, c0)
+    if valid is None:
+        return hs, hs[-1], cs[-1]
+    last = (valid.sum(0) - 1).clamp(min=0)              # (B,) index of each last valid step
+    idx = last.view(1, 1, -1, 1).expand(1, *hs.shape[1:])
+    return hs * valid[:, None, :, None], hs.gather(0, idx)[0], cs.gather(0, idx)[0]
+
+
+class _LSTMCell(Function):
+    """One step of an LSTM cell whose input projection ``gx`` (biases included) is given: the
+    recurrent GEMM with ``gx`` folded in as its bias, and the point-wise math."""
+
+    @staticmethod
+    def forward(ctx, gx, w_hh, h, c):
+        acts, c1, h1 = lstm_pointwise(torch.addmm(gx, h, w_hh.t()), c)
+        ctx.save_for_backward(w_hh, acts, h, c, c1)
+        return h1, c1
+
+    @staticmethod
+    def backward(ctx, dh1, dc1):
+        w_hh, acts, h, c, c1 = ctx.saved_tensors
+        dh1 = torch.zeros_like(h) if dh1 is None else dh1
+        dc1 = torch.zeros_like(c) if dc1 is None else dc1
+        dgates, dc = _gate_grads(acts, c1.tanh(), c, dh1, dc1)
+        d_whh = dgates.t() @ h if ctx.needs_input_grad[1] else None
+        return dgates, d_whh, dgates @ w_hh, dc
+
+
+@autocast_op
+def lstm_cell(gx, w_hh, h, c):
+    """One LSTM step: gx (B, 4h) input projection plus both biases, w_hh (4h, h), h, c (B, h).
+    Returns the new (h, c)."""
+    return _LSTMCell.apply(gx, w_hh, h, c)

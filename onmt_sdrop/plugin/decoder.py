@@ -127,10 +127,13 @@ class SdropInputFeedDecoder(_SdropDecoderMixin, InputFeedRNNDecoder):
         w_mid = [s.prep(cell.weight_ih, 1) for s, cell in zip(s_mid, cells[1:])]
         out_layer = self._output_layer(s_out)
         emb_v = s_emb.drop(emb, None)
-        emb_proj = s_emb.matmul(emb_v, None, s_emb.prep(w0[:, :emb_size], 1))  # all steps at once
+        # all steps at once, both biases of layer 0 folded in; the other layers' once per batch
+        emb_proj = (s_emb.matmul(emb_v, None, s_emb.prep(w0[:, :emb_size], 1))
+                    + (cells[0].bias_ih + cells[0].bias_hh)).unbind(0)  # one backward op, not T
+        bias_mid = [cell.bias_ih + cell.bias_hh for cell in cells[1:]]
         feed_proj = F.linear(input_feed, w0[:, emb_size:])    # the carried feed is dense
         need_dec_in = self.context_gate is not None
-        emb_d = s_emb.dense(emb_v, None) if need_dec_in else None
+        emb_d = s_emb.dense(emb_v, None).unbind(0) if need_dec_in else None
 
         dec_outs, compact = [], []
         attns = {"std": []} if self.attentional else {}
@@ -145,7 +148,8 @@ class SdropInputFeedDecoder(_SdropDecoderMixin, InputFeedRNNDecoder):
                 if i == 0:
                     gx = emb_proj[t] + feed_proj
                 else:
-                    gx = s_mid[i - 1].matmul(s_mid[i - 1].drop(x, t), t, w_mid[i - 1])
+                    gx = s_mid[i - 1].matmul(s_mid[i - 1].drop(x, t), t, w_mid[i - 1]) \
+                        + bias_mid[i - 1]
                 h[i], c[i] = lstm_cell(ops, gx, cell, h[i], c[i])
                 x = h[i]
             dec_in = torch.cat([emb_d[t], input_feed], 1) if need_dec_in else None
