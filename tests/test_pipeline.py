@@ -200,25 +200,6 @@ def test_kill_9_of_the_pipeline_kills_its_child_and_the_rerun_checks_the_logs(ti
     assert final.valid[-1][0] == steps and step_of(checkpoints(run_dir)[-1]) == steps
 
 
-@pytest.mark.slow
-def test_time_budget_stops_at_a_whole_checkpoint(tiny, tmp_path):
-    """--time-budget: training stops at the first finished checkpoint past the budget, that
-    checkpoint is translated and scored, and a rerun finds the stage done."""
-    env = copy_work(tiny, tmp_path)
-    cmd = RUN + ["--models", "baseline", "--time-budget", "0.0001"]
-    proc = run(cmd, env=env)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    run_dir = tmp_path / "work" / "sample-deen-tiny" / "baseline"
-    assert "baseline stopped by the time budget; its last checkpoint is step 5" in proc.stdout
-    assert json.loads((run_dir / "budget.json").read_text())["step"] == 5
-    assert not (run_dir / "model_step_10.pt").exists()
-    assert (run_dir / "test.step5.hyp").exists()
-    report = (tmp_path / "results" / "sample-deen-tiny" / "report.md").read_text()
-    assert "time budget of 0.0001 min per model, which ended at step 5 (baseline)" in report
-    again = run(cmd, env=env)
-    assert again.returncode == 0 and "stopped by the time budget" not in again.stdout
-
-
 @pytest.mark.parametrize("args, message", [
     (["--models", "baseline,foo"], "--models: unknown model 'foo'"),
     (["--steps", "-5"], "argument --steps: must be > 0, got -5"),
@@ -306,3 +287,39 @@ def test_every_recipe_script_names_an_existing_pair():
     for script in (ROOT / "recipes").glob("*/run.sh"):
         assert script.parent.name in PAIRS
         assert Path(script).stat().st_mode & 0o111
+
+
+@pytest.mark.slow
+def test_gpu_check_dry_run(tiny, tmp_path):
+    """recipes/gpu_check.sh --dry-run: the GPU script's every stage on the CPU with the tiny model
+    (two seeds per model at the same time, the time-budget run, the report over the seeds).
+    The time budget: training stops at the first finished checkpoint past it, that checkpoint is
+    translated and scored, and the report says where each model stopped."""
+    work = tmp_path / "gpu-work"
+    shutil.copytree(tiny.work, work / "main", ignore=lambda d, names: [
+        n for n in names if Path(d) == tiny.work and n in ("baseline", "sdrop")])
+    out = tmp_path / "out"
+    proc = run(["bash", str(ROOT / "recipes" / "gpu_check.sh"), "--dry-run"],
+               env={"OUT": str(out), "GPU_WORK": str(work), "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["seeds"] == ["seed1", "seed2"] and summary["headline"] == "bleu_tok"
+    for model in ("baseline", "sdrop"):
+        assert len(summary["per_model"][model]["bleu"]["values"]) == 2
+        assert all(v > 0 for v in summary["per_model"][model]["tok_s"]["values"])
+        assert summary["time_budget"]["translated_step"][model] == 5
+        for seed in ("seed1", "seed2"):
+            assert (out / seed / "evidence" / f"{model}-{seed}" / "test.hyp.xz").exists()
+            assert (out / seed / "bleu_time.png").exists()
+    report = (out / "report.md").read_text()
+    assert "2 seeds" in report and "Same training time" in report
+    for model in ("baseline", "sdrop"):
+        assert f"{model}-seed1 stopped by the time budget; its last checkpoint is step 5" \
+            in (out / "budget.log").read_text()
+        run_dir = work / "budget" / f"{model}-seed1"
+        assert json.loads((run_dir / "budget.json").read_text())["step"] == 5
+        assert not (run_dir / "model_step_10.pt").exists()
+        assert (run_dir / "test.step5.hyp").exists()
+    assert "time budget of 0.0001 min per model, which ended at step 5 (baseline)" in \
+        (out / "budget" / "report.md").read_text()
+    assert (out / "bleu_time.png").stat().st_size > 1000 and (out / "device.txt").exists()

@@ -69,6 +69,8 @@ def parser() -> argparse.ArgumentParser:
                          "(default: on for the GPU profiles)")
     ap.add_argument("--seed", type=int, help="training seed (runs go to <model>-seed<N>)")
     ap.add_argument("--extra", default="", help="more onmt_train options for both models")
+    ap.add_argument("--prepare-only", action="store_true",
+                    help="only the prepare and spm stages (so that runs can share them)")
     return ap
 
 
@@ -81,7 +83,11 @@ def main(argv=None) -> int:
                         time_budget_min=args.time_budget, gpu=args.gpu,
                         extra_args=shlex.split(args.extra), models=parse_models(args.models),
                         valid_bleu=args.valid_bleu, seed=args.seed)
-        pipe.run(command, device_name(args.gpu))
+        if args.prepare_only:
+            pipe.prepare()
+            pipe.spm()
+        else:
+            pipe.run(command, device_name(args.gpu))
     except SdropError as exc:
         print(f"pipeline: error: {exc}", file=sys.stderr)
         return 2

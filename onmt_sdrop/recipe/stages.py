@@ -6,8 +6,8 @@ from its last intact checkpoint):
 1. prepare     raw corpus files -> ``work/data/{train,valid,test}.{src,tgt}`` (line counts checked)
 2. spm         a joint sentencepiece model, the encoded splits, ``onmt_build_vocab``
 3. train       the baseline (``brnn`` + ``rnn``) and the sdrop model (``sdrop_brnn`` + ``sdrop_rnn``)
-4. valid BLEU  (optional) greedy BLEU on the valid set at every checkpoint: BLEU against time
-5. translate   the test set (beam 5) with the kept checkpoint best on validation, spm-decoded
+4. translate   the test set (beam 5) with the kept checkpoint best on validation, spm-decoded;
+               optionally the valid set (greedy) at every checkpoint: BLEU against wall time
 6. score       sacrebleu BLEU and chrF (tokenized BLEU first for the tokenized IWSLT references)
 7. evidence    hypotheses, scores with signatures, train/translate logs into ``OUT/evidence/``
 8. report      ``report.md``, ``summary.json``, ``curves.png`` (+ ``bleu_time.png``) in ``OUT``
@@ -256,66 +256,77 @@ class Pipeline:
         if not self.valid_bleu:
             self._prune(name)
 
-    def valid_bleu_stage(self, name: str) -> dict:
-        """Greedy BLEU on the valid set (its first ``valid_bleu_lines``) at every checkpoint not
-        yet scored, all in one translate process; ``valid_bleu.json``: {step: BLEU}."""
-        run_dir = self.run_dir(name)
-        path = run_dir / "valid_bleu.json"
-        done = json.loads(path.read_text()) if path.exists() else {}
-        todo = [c for c in checkpoints(run_dir) if str(step_of(c)) not in done and intact(c)
-                and step_of(c) <= self.final_step(name)]
-        if todo:
-            n = self.profile.valid_bleu_lines
-            src = self.data / "valid.sp.src"
-            refs = read_lines(self.data / "valid.tgt")
-            if n:
-                src = self.data / f"valid.first{n}.sp.src"
-                write_lines(src, read_lines(self.data / "valid.sp.src")[:n])
-                refs = refs[:n]
-            banner(f"{self.pair.name}: valid BLEU (greedy) of {run_dir.name} at steps "
-                   + ", ".join(str(step_of(c)) for c in todo))
-            jobs = []
-            for c in todo:
-                jobs += [str(c), str(run_dir / f"valid.step{step_of(c)}.hyp.sp")]
-            cmd = [*onmt("translate")[:2], "onmt_sdrop.recipe.translate_many", *jobs, "--",
-                   "-src", str(src), "-beam_size", "1", "-batch_size", "64",
-                   "-max_length", "200"] + (["-gpu", "0"] if self.gpu else [])
-            stream(cmd, run_dir / "valid_bleu.log")
-            import sentencepiece as spm
+    def _valid_todo(self, name: str) -> list[Path]:
+        done = self._valid_bleu(name)
+        return [c for c in checkpoints(self.run_dir(name)) if step_of(c) not in done
+                and intact(c) and step_of(c) <= self.final_step(name)]
 
-            sp = spm.SentencePieceProcessor(model_file=str(self.work / "spm.model"))
-            for c in todo:
-                hyp_sp = run_dir / f"valid.step{step_of(c)}.hyp.sp"
-                hyps = [sp.decode(p.split()) for p in read_lines(hyp_sp)]
-                sc = bleu_scores(hyps, refs, self.pair.tokenized_refs)
-                done[str(step_of(c))] = sc.get("bleu_tok", sc["bleu"])
-                hyp_sp.unlink()
-            path.write_text(json.dumps(dict(sorted(done.items(), key=lambda kv: int(kv[0]))),
-                                       indent=1) + "\n")
-        self._prune(name)
-        return {int(k): v for k, v in done.items()}
+    def _valid_bleu(self, name: str) -> dict:
+        path = self.run_dir(name) / "valid_bleu.json"
+        return {int(k): v for k, v in json.loads(path.read_text()).items()} if path.exists() \
+            else {}
 
-    def translate(self, name: str) -> Path:
-        # outputs are named by the checkpoint's step: a rerun with more --steps never reuses them
-        run_dir = self.run_dir(name)
-        step = self.translated_step(name)
-        hyp = run_dir / f"test.step{step}.hyp"
-        if hyp.exists():
-            return hyp
-        banner(f"{self.pair.name}: translate the test set with {run_dir.name} step {step} "
-               "(best on validation; beam 5)")
-        hyp_sp = hyp.with_suffix(".hyp.sp")
-        cmd = onmt("translate") + ["-model", str(run_dir / f"model_step_{step}.pt"),
-                                   "-src", str(self.data / "test.sp.src"),
-                                   "-output", str(hyp_sp), "-beam_size", "5",
-                                   "-batch_size", "32", "-max_length", "200"]
-        if self.gpu:
-            cmd += ["-gpu", "0"]
-        stream(cmd, run_dir / "translate.log")
+    def translate_all(self) -> None:
+        """Every translation still to do, in one process (one start of torch and OpenNMT-py):
+        the test set with each model's best checkpoint (beam 5) and, with valid BLEU on, the valid
+        set (its first ``valid_bleu_lines``) with every checkpoint not yet scored (greedy).
+        Outputs are named by the checkpoint's step: a rerun with more --steps never reuses them."""
+        jobs, valid, tests = [], [], []
+        src = self.data / "valid.sp.src"
+        n = self.profile.valid_bleu_lines
+        for name in self.models:
+            run_dir = self.run_dir(name)
+            if self.valid_bleu:
+                for c in self._valid_todo(name):
+                    if n and src.name == "valid.sp.src":
+                        src = self.data / f"valid.first{n}.sp.src"
+                        write_lines(src, read_lines(self.data / "valid.sp.src")[:n])
+                    out = run_dir / f"valid.step{step_of(c)}.hyp.sp"
+                    jobs.append(["-model", str(c), "-src", str(src), "-output", str(out),
+                                 "-beam_size", "1", "-batch_size", "64"])
+                    valid.append((name, step_of(c), out))
+            step = self.translated_step(name)
+            hyp = run_dir / f"test.step{step}.hyp"
+            if not hyp.exists():
+                out = hyp.with_suffix(".hyp.sp")
+                jobs.append(["-model", str(run_dir / f"model_step_{step}.pt"),
+                             "-src", str(self.data / "test.sp.src"), "-output", str(out),
+                             "-beam_size", "5", "-batch_size", "32"])
+                tests.append((hyp, out))
+        if jobs:
+            banner(f"{self.pair.name}: translate " + "; ".join(
+                [f"the test set with {h.parent.name} step {h.name.split('.')[1][4:]} (best on "
+                 "validation, beam 5)" for h, _ in tests]
+                + ([f"the valid set at {len(valid)} checkpoints (greedy)"] if valid else [])))
+            spec = self.work / "translate_jobs.json"
+            spec.write_text(json.dumps(jobs, indent=1) + "\n")
+            common = ["-max_length", "200"] + (["-gpu", "0"] if self.gpu else [])
+            stream([*onmt("translate")[:2], "onmt_sdrop.recipe.translate_many", str(spec),
+                    *common], self.work / "translate.log")
+        if not (jobs or self.valid_bleu):
+            return
         import sentencepiece as spm
 
         sp = spm.SentencePieceProcessor(model_file=str(self.work / "spm.model"))
-        write_lines(hyp, (sp.decode(p.split()) for p in read_lines(hyp_sp)))
+        for hyp, out in tests:
+            write_lines(hyp, (sp.decode(p.split()) for p in read_lines(out)))
+        refs = read_lines(self.data / "valid.tgt")[:n]
+        for name in self.models:
+            scored = self._valid_bleu(name)
+            for _, step, out in (v for v in valid if v[0] == name):
+                hyps = [sp.decode(p.split()) for p in read_lines(out)]
+                sc = bleu_scores(hyps, refs, self.pair.tokenized_refs)
+                scored[step] = sc.get("bleu_tok", sc["bleu"])
+                out.unlink()
+            if scored:
+                (self.run_dir(name) / "valid_bleu.json").write_text(
+                    json.dumps({str(k): scored[k] for k in sorted(scored)}, indent=1) + "\n")
+            self._prune(name)
+
+    def translate(self, name: str) -> Path:
+        hyp = self.run_dir(name) / f"test.step{self.translated_step(name)}.hyp"
+        if not hyp.exists():
+            self.translate_all()
         return hyp
 
     def score(self, name: str) -> dict:
@@ -344,8 +355,7 @@ class Pipeline:
             fh.write((run_dir / f"test.step{step}.hyp").read_text(encoding="utf-8"))
         shutil.copyfile(run_dir / f"scores.step{step}.json", dst / "scores.json")
         for stem, paths in (("train", self._train_logs(name)),
-                            ("translate", [run_dir / "translate.log"]),
-                            ("valid_bleu", [run_dir / "valid_bleu.log"])):
+                            ("translate", [self.work / "translate.log"])):
             paths = [p for p in paths if p.exists()]
             if paths:
                 with lzma.open(dst / f"{stem}.log.xz", "wt", encoding="utf-8") as fh:
@@ -356,11 +366,7 @@ class Pipeline:
         logs = {n: self.train_log(n) for n in self.models}
         scores = {n: self.score(n) for n in self.models}
         steps = {n: scores[n]["step"] for n in self.models}
-        vbleu = None
-        if self.valid_bleu:
-            vbleu = {n: {int(k): v for k, v in json.loads(
-                (self.run_dir(n) / "valid_bleu.json").read_text()).items()}
-                for n in self.models if (self.run_dir(n) / "valid_bleu.json").exists()}
+        vbleu = {n: self._valid_bleu(n) for n in self.models if self._valid_bleu(n)} or None
         for n in self.models:
             self.evidence(n)
         banner(f"{self.pair.name}: report in {self.out}")
@@ -401,9 +407,7 @@ class Pipeline:
         self.spm()
         for name in self.models:
             self.train(name)
-        if self.valid_bleu:
-            for name in self.models:
-                self.valid_bleu_stage(name)
+        self.translate_all()
         for name in self.models:
             self.score(name)
         summary = self.report(command, device)

@@ -1,31 +1,35 @@
-"""Translate with several checkpoints in one process (the per-checkpoint valid BLEU of the
-BLEU-vs-time plot: one interpreter start and one import of torch and OpenNMT-py, not one each).
+"""Several translations in one process (one start of torch and OpenNMT-py, not one each): the
+pipeline's test translation and the per-checkpoint valid translations of the BLEU-vs-time plot.
 
-    python -m onmt_sdrop.recipe.translate_many MODEL OUT [MODEL OUT ...] -- [onmt_translate options]
+    python -m onmt_sdrop.recipe.translate_many JOBS.json [onmt_translate options for every job]
+
+JOBS.json: a list of option lists, one per translation (each with its -model, -src, -output).
 """
 from __future__ import annotations
 
 import importlib
+import json
 import sys
 
 
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if "--" not in argv or argv.index("--") % 2 or argv.index("--") == 0:
+    if not argv or argv[0].startswith("-"):
         print(__doc__.strip(), file=sys.stderr)
         return 2
-    cut = argv.index("--")
-    jobs, common = list(zip(argv[:cut:2], argv[1:cut:2])), argv[cut + 1:]
+    with open(argv[0], encoding="utf-8") as fh:
+        jobs = json.load(fh)
+    common = argv[1:]
     from .. import hook
 
     hook.install()
     mod = importlib.import_module("onmt.bin.translate")
     from ..patches import run_cli
 
-    for model, out in jobs:
-        opt = mod._get_parser().parse_args(common + ["-model", model, "-output", out])
+    for job in jobs:
+        opt = mod._get_parser().parse_args(common + list(job))
         run_cli(mod.translate, "onmt_translate", opt)
-        print(f"translated with {model} -> {out}", flush=True)
+        print(f"translated: {' '.join(job)}", flush=True)
     return 0
 
 
