@@ -1,16 +1,20 @@
 #!/usr/bin/env python
 """GPU benchmarks for the CUDA backend, in one run (see bench/gpu_check.sh).
 
-micro: each compacted kernel (forward, dX, dW) against cuBLAS on the dense tensors of the same
-       shape (torch.matmul), at dropout 0.1 / 0.3 / 0.5, for the default model's real shapes;
-       time ratios next to the ideal 1/(1-p).
-e2e:   training tok/s of stock OpenNMT-py, sdrop dense and sdrop compacted (CUDA kernels), fp32 and
-       fp16 (AMP), at the default size and at a compute-bound size (hidden 1024, batch 256).
-Writes OUT/gpu-<date>.json.
+micro:   each of the six compacted GEMMs (consumer fwd/dx/dw at the generator's shape, producer
+         fwd/dx/dw at the attention output layer's) against cuBLAS on the dense tensors of the same
+         shape, at p 0.3, the default and the large size, fp32 and fp16; every op timed with CUDA
+         events over a CUDA graph of repeated calls (eager if capture fails: the row says so), the
+         per-batch weight permutation timed once on its own row.
+results: training tok/s of stock OpenNMT-py, sdrop dense and sdrop compacted (CUDA kernels), fp32
+         and fp16 (AMP), default size (2x500, batch 64) and large (1024, batch 256), with GPU kernel
+         ms, kernel launches per step (torch profiler) and peak memory.
+Writes OUT/gpu-<date>.json after every stage, so a timeout keeps what finished:
+{"device", "torch", "date", "results": [...], "micro": [...]} (rows as in issue 9).
 
 --dry-run runs the same code on the CPU at toy sizes with the torch backend in place of the CUDA
-kernels (no fp16), so a broken benchmark is found here and not on the GPU's time
-(tests/test_bench.py does it).
+kernels (fp32 only, wall-clock timing, no profiler), so a broken benchmark is found here and not
+on the GPU's time (tests/test_bench.py does it).
 """
 from __future__ import annotations
 
@@ -28,6 +32,9 @@ import cpu_bench  # noqa: E402  (also installs the onmt hook)
 
 from onmt_sdrop.masks import sample_step_mask  # noqa: E402
 
+SIZES = {"default": dict(hidden=500, batch=64), "large": dict(hidden=1024, batch=256)}
+PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16}
+
 
 def e2e_variants(backend: str) -> dict:
     """stock / sdrop dense / sdrop compacted with ``backend``, as options for the model builder."""
@@ -36,57 +43,115 @@ def e2e_variants(backend: str) -> dict:
     return variants
 
 
-def timed(fn, device, reps=20):
-    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
-    fn()
-    sync()
-    t0 = time.perf_counter()
-    for _ in range(reps):
+def time_ms(fn, device, reps) -> tuple[float, str]:
+    """(ms per call, how): CUDA events over a graph of ``reps`` calls on a GPU, else wall clock."""
+    if device != "cuda":
         fn()
-    sync()
-    return (time.perf_counter() - t0) / reps
+        t0 = time.perf_counter()
+        for _ in range(reps):
+            fn()
+        return (time.perf_counter() - t0) / reps * 1e3, "wall"
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        fn()                                   # warm-up: kernels loaded, allocator primed
+    torch.cuda.current_stream().wait_stream(side)
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    try:
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            for _ in range(reps):
+                fn()
+        graph.replay()
+        start.record()
+        graph.replay()
+        end.record()
+        how = "graph"
+    except Exception as exc:  # noqa: BLE001 - report, then time eagerly
+        print(f"graph capture failed ({exc}); timing eagerly", flush=True)
+        start.record()
+        for _ in range(reps):
+            fn()
+        end.record()
+        how = "eager"
+    torch.cuda.synchronize()
+    return start.elapsed_time(end) / reps, how
 
 
-def micro(cu, device="cuda", batch=64, steps=30, hidden=500, vocab=10000, reps=20):
-    """(name, p, dense ms, compact ms, ratio, ideal) for the default model's consumer GEMMs,
-    with ``cu`` the backend module under test."""
-    shapes = {"enc_input_proj (all steps, 2 dirs)": (steps, hidden, 4 * hidden),
-              "dec_input_feed (1 step)": (1, hidden, 4 * hidden),
-              "generator (all steps)": (steps, hidden, vocab)}
+def micro(cu, device, *, size, precision, hidden, batch, steps, vocab, p=0.3, reps=20):
+    """Rows for the six grouped GEMMs and the weight permutation at one size and precision."""
+    dtype = PRECISIONS[precision]
+    m = sample_step_mask(steps, hidden, p).to(device)
+    rnd = lambda *s: torch.randn(*s, device=device, dtype=dtype)  # noqa: E731
+    # consumer: the generator (hidden -> vocab); producer: attention output (2 hidden -> hidden)
+    x, w_c, dy = rnd(steps, batch, hidden), rnd(vocab, hidden), rnd(steps, batch, vocab)
+    xp, w_p, dyp = rnd(steps, batch, 2 * hidden), rnd(hidden, 2 * hidden), rnd(steps, batch, hidden)
+    xc, dyc = cu.gather(x, m), cu.gather(dyp, m)
+    wc_ext, wp_ext = cu.permute_weight(w_c, m, 1).ext, cu.permute_weight(w_p, m, 0).ext
+    dw_c = torch.zeros(wc_ext.shape, device=device)
+    dw_p = torch.zeros(wp_ext.shape, device=device)
+    flat = lambda t: t.reshape(-1, t.shape[-1])  # noqa: E731
+    cases = {
+        "consumer_fwd": (lambda: cu.consumer_fwd(xc, wc_ext, m), lambda: flat(x) @ w_c.t()),
+        "consumer_dx": (lambda: cu.consumer_dx(dy, wc_ext, m), lambda: flat(dy) @ w_c),
+        "consumer_dw": (lambda: cu.consumer_dw(dy, xc, m, dw_c), lambda: flat(dy).t() @ flat(x)),
+        "producer_fwd": (lambda: cu.producer_fwd(xp, wp_ext, m), lambda: flat(xp) @ w_p.t()),
+        "producer_dx": (lambda: cu.producer_dx(dyc, wp_ext, m), lambda: flat(dyp) @ w_p),
+        "producer_dw": (lambda: cu.producer_dw(dyc, xp, m, dw_p), lambda: flat(dyp).t() @ flat(xp)),
+    }
     rows = []
-    for name, (g, h, n) in shapes.items():
-        for p in (0.1, 0.3, 0.5):
-            m = sample_step_mask(g, h, p).to(device)
-            x = torch.randn(g, batch, h, device=device)
-            w = torch.randn(n, h, device=device)
-            dy = torch.randn(g, batch, n, device=device)
-            xc = cu.gather(x, m)
-            ww = cu.permute_weight(w, m, 1)
-            dense = {"fwd": lambda: x.view(-1, h) @ w.t(),
-                     "dx": lambda: dy.view(-1, n) @ w,
-                     "dw": lambda: dy.view(-1, n).t() @ x.view(-1, h)}
-            xr = xc.clone().requires_grad_(True)
-            wr = w.clone().requires_grad_(True)
-            comp = {"fwd": lambda: cu.compact_matmul(xc, ww, m),
-                    # the per-batch weight permutation is included in fwd+bwd
-                    "fwd+bwd": lambda: torch.autograd.grad(
-                        cu.compact_matmul(xr, cu.permute_weight(wr, m, 1), m), (xr, wr), dy)}
-            d_fwd = timed(dense["fwd"], device, reps)
-            d_all = d_fwd + timed(dense["dx"], device, reps) + timed(dense["dw"], device, reps)
-            c_fwd, c_all = timed(comp["fwd"], device, reps), timed(comp["fwd+bwd"], device, reps)
-            for part, d, c in (("fwd", d_fwd, c_fwd), ("fwd+bwd", d_all, c_all)):
-                rows.append({"gemm": name, "part": part, "p": p, "dense_ms": round(d * 1e3, 4),
-                             "compact_ms": round(c * 1e3, 4), "speedup": round(d / c, 3),
-                             "ideal": round(1 / (1 - p), 3),
-                             "of_ideal": round((d / c) / (1 / (1 - p)), 3)})
-            print(rows[-2], rows[-1], flush=True)
+    for gemm, (compact, dense) in cases.items():
+        d_ms, how_d = time_ms(dense, device, reps)
+        c_ms, how_c = time_ms(compact, device, reps)
+        rows.append({"gemm": gemm, "part": gemm.split("_")[1], "size": size,
+                     "precision": precision, "p": p, "dense_ms": round(d_ms, 4),
+                     "compact_ms": round(c_ms, 4), "speedup": round(d_ms / c_ms, 3),
+                     "ideal": round(1 / (1 - p), 3),
+                     "of_ideal": round(d_ms / c_ms * (1 - p), 3),
+                     "timed": how_c if how_c == how_d else f"{how_c}/{how_d}",
+                     "shape": {"steps": steps, "batch": batch, "hidden": hidden,
+                               "out": vocab if gemm.startswith("consumer") else hidden}})
+        print(rows[-1], flush=True)
+    perm_ms, how = time_ms(lambda: cu.permute_weight(w_c, m, 1), device, reps)
+    rows.append({"gemm": "permute_weight (generator, once per batch)", "part": "prep",
+                 "size": size, "precision": precision, "p": p, "dense_ms": 0.0,
+                 "compact_ms": round(perm_ms, 4), "speedup": None, "ideal": None,
+                 "of_ideal": None, "timed": how})
     return rows
 
 
+def profile_steps(variants, *, device, amp, steps=3, **cfg):
+    """{variant: (gpu kernel ms per step, launches per step, peak MB)} from the torch profiler."""
+    from torch.profiler import ProfilerActivity, profile
+
+    common = ["-layers", str(cfg["layers"]), "-hidden_size", str(cfg["hidden"]), "-word_vec_size",
+              str(cfg["hidden"]), "-dropout", str(cfg["dropout"]), "-global_attention", "general",
+              "-input_feed", "1"]
+    data = cpu_bench.batches(steps + 1, cfg["batch"], cfg["vocab"], device=device)
+    out = {}
+    for name, extra in variants.items():
+        model = cpu_bench.build(common + extra, cfg["vocab"], seed=1).to(device)
+        optim = torch.optim.SGD(model.parameters(), lr=0.1)
+        cpu_bench.train_step(model, optim, *data[0][:3], amp)
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            for src, tgt, sl, _ in data[1:]:
+                cpu_bench.train_step(model, optim, src, tgt, sl, amp)
+            torch.cuda.synchronize()
+        kernels = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+        out[name] = (round(sum(e.device_time for e in kernels) / 1e3 / steps, 3),
+                     round(len(kernels) / steps, 1),
+                     round(torch.cuda.max_memory_allocated() / 2**20, 1))
+        del model, optim
+        torch.cuda.empty_cache()
+    return out
+
+
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--out", required=True)
-    ap.add_argument("--steps", type=int, default=60)
+    ap.add_argument("--steps", type=int, default=40, help="measured training steps per variant")
     ap.add_argument("--skip-large", action="store_true")
     ap.add_argument("--dry-run", action="store_true",
                     help="CPU, toy sizes, torch backend: checks the script, measures nothing")
@@ -95,33 +160,55 @@ def main(argv=None):
         from onmt_sdrop.ops import torch_backend as cu
 
         device, backend, reps = "cpu", "torch", 2
-        cfg = dict(hidden=24, layers=2, batch=4, vocab=50, dropout=0.3, steps=args.steps,
-                   warmup=1, rnd=1, device=device)
-        large = dict(cfg, hidden=32, batch=6)
+        sizes = {"default": dict(hidden=24, batch=4), "large": dict(hidden=32, batch=6)}
+        precisions = ["fp32"]
+        base = dict(layers=2, vocab=50, dropout=0.3, warmup=1, rnd=1, device=device)
         name = "dry run on CPU (torch backend): not a measurement"
     else:
         from onmt_sdrop.ops import cupy_backend as cu
 
         device, backend, reps = "cuda", "cupy", 20
-        cfg = dict(hidden=500, layers=2, batch=64, vocab=10000, dropout=0.3, steps=args.steps,
-                   warmup=5, rnd=10, device=device)
-        large = dict(cfg, hidden=1024, batch=256, steps=max(10, args.steps // 3))
+        sizes, precisions = SIZES, list(PRECISIONS)
+        base = dict(layers=2, vocab=10000, dropout=0.3, warmup=5, rnd=10, device=device)
         name = torch.cuda.get_device_name(0)
+    if args.skip_large:
+        sizes = {"default": sizes["default"]}
     variants = e2e_variants(backend)
-    result = {"device": name, "torch": torch.__version__,
-              "date": dt.date.today().isoformat(), "config": {k: v for k, v in cfg.items()}}
-    result["micro"] = micro(cu, device, batch=cfg["batch"], steps=min(30, 3 * cfg["steps"]),
-                            hidden=cfg["hidden"], vocab=cfg["vocab"], reps=reps)
-    result["tok_s"] = cpu_bench.measure(variants, **cfg)
-    # autocast to float16 is a GPU path; the CPU dry run leaves it out
-    result["tok_s_fp16"] = cpu_bench.measure(variants, amp=True, **cfg) if device == "cuda" else {}
-    if not args.skip_large:
-        result["large"] = {"config": large, "tok_s": cpu_bench.measure(variants, **large)}
+    result = {"device": name, "torch": torch.__version__, "date": dt.date.today().isoformat(),
+              "command": "python bench/gpu_bench.py " + " ".join(sys.argv[1:] if argv is None
+                                                                   else argv),
+              "config": {"sizes": sizes, "p": base["dropout"], "layers": base["layers"],
+                         "vocab": base["vocab"], "steps": args.steps},
+              "results": [], "micro": []}
     out = Path(args.out) / f"{'dry-run' if args.dry_run else 'gpu'}-{result['date']}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps({k: result[k] for k in ("device", "tok_s", "tok_s_fp16")}))
-    print(f"wrote {out}")
+
+    def save(stage):
+        out.write_text(json.dumps(result, indent=2) + "\n")
+        print(f"[{stage}] wrote {out}", flush=True)
+
+    for size, dims in sizes.items():
+        for precision in precisions:
+            result["micro"] += micro(cu, device, size=size, precision=precision, steps=30,
+                                     vocab=base["vocab"], reps=reps, **dims)
+            save(f"micro {size} {precision}")
+    for size, dims in sizes.items():
+        steps = args.steps if size == "default" else max(5, args.steps // 3)
+        for precision in precisions:
+            cfg = dict(base, steps=steps, **dims)
+            amp = precision == "fp16"
+            tok_s = cpu_bench.measure(variants, amp=amp, **cfg)
+            prof = profile_steps(variants, amp=amp, **cfg) if device == "cuda" else {}
+            for variant, value in tok_s.items():
+                gpu_ms, launches, peak = prof.get(variant, (None, None, None))
+                result["results"].append({
+                    "size": size, "precision": precision,
+                    "variant": variant.replace("sdrop_", ""), "graphs": False, "tok_s": value,
+                    "gpu_ms_per_step": gpu_ms, "launches_per_step": launches,
+                    "peak_mem_mb": peak})
+            save(f"e2e {size} {precision}")
+    print(json.dumps([(r["size"], r["precision"], r["variant"], r["tok_s"])
+                      for r in result["results"]]))
 
 
 if __name__ == "__main__":

@@ -17,16 +17,25 @@ def test_gpu_bench_dry_run_writes_the_issue_layout(tmp_path):
     gpu_bench.main(["--out", str(tmp_path), "--dry-run", "--steps", "2"])
     (out,) = tmp_path.glob("dry-run-*.json")
     result = json.loads(out.read_text())
-    assert {"device", "torch", "config", "tok_s", "tok_s_fp16", "large", "micro"} <= set(result)
+    assert {"device", "torch", "date", "results", "micro"} <= set(result)
     assert "not a measurement" in result["device"]
-    for tok_s in (result["tok_s"], result["large"]["tok_s"]):
-        assert set(tok_s) == {"stock", "sdrop_dense", "sdrop_compact"}
-        assert all(v > 0 for v in tok_s.values())
-    # every GEMM at every p, forward and forward+backward
-    assert len(result["micro"]) == 3 * 3 * 2
-    for row in result["micro"]:
+    # one row per size, precision and variant (fp32 only in the dry run)
+    keys = {(r["size"], r["precision"], r["variant"]) for r in result["results"]}
+    assert keys == {(s, "fp32", v) for s in ("default", "large")
+                    for v in ("stock", "dense", "compact")}
+    for row in result["results"]:
+        assert {"graphs", "tok_s", "gpu_ms_per_step", "launches_per_step", "peak_mem_mb"} <= set(row)
+        assert row["tok_s"] > 0
+    # the six grouped GEMMs at both sizes, plus the permutation, each against dense
+    gemms = [r for r in result["micro"] if r["part"] != "prep"]
+    assert {(r["gemm"], r["size"]) for r in gemms} == {
+        (f"{side}_{part}", s) for side in ("consumer", "producer") for part in ("fwd", "dx", "dw")
+        for s in ("default", "large")}
+    for row in gemms:
         assert row["dense_ms"] > 0 and row["compact_ms"] > 0
         assert abs(row["ideal"] - 1 / (1 - row["p"])) < 1e-3
+        assert row["of_ideal"] == round(row["dense_ms"] / row["compact_ms"] * (1 - row["p"]), 3) \
+            or abs(row["of_ideal"] - row["speedup"] * (1 - row["p"])) < 2e-3
 
 
 def test_cpu_bench_writes_ratios(tmp_path):

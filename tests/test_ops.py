@@ -151,3 +151,15 @@ def test_per_step_weight_gradients_fold_into_one_grouped_gemm():
                                     for t in range(5)), (w,))
     torch.testing.assert_close(gw, want, rtol=1e-12, atol=1e-12)
     assert calls == [5]
+
+
+def test_auto_picks_the_cuda_kernels_on_a_gpu(monkeypatch):
+    """The CUDA backend is validated: "auto" takes it wherever a GPU and CuPy are, else torch."""
+    import onmt_sdrop.ops as ops_pkg
+    from onmt_sdrop.ops import cupy_backend, get_ops
+
+    monkeypatch.setattr(ops_pkg, "cupy_available", lambda: (True, ""))
+    assert get_ops("auto", torch.device("cuda")) is cupy_backend
+    assert get_ops("auto", torch.device("cpu")) is torch_backend
+    monkeypatch.setattr(ops_pkg, "cupy_available", lambda: (False, "no GPU"))
+    assert get_ops("auto", torch.device("cuda")) is torch_backend
