@@ -17,8 +17,14 @@ The OpenNMT-py / torch names replaced, here and in :mod:`onmt_sdrop.plugin` and
   ``.validate_translate_opts``, ``.validate_prepare_opts`` -- OpenNMT-py's own option assertions
   become one-line errors; plus checks stock lacks (layer counts, the dropout schedule's lengths,
   encoder/decoder pairs, ``-gpu_ranks`` on a machine without those GPUs).
+* ``onmt.utils.parse.DataOptsCheckerMixin._validate_transforms_opts`` -- ``sentencepiece`` /
+  ``bpe`` have their ``-src/tgt_subword_model`` files.
+* ``onmt.utils.misc.check_path`` -- an existing output (``onmt_build_vocab``'s vocabularies)
+  without ``-overwrite`` is a one-line error.
+* ``onmt.bin.train._get_parser`` -- a word ``onmt_train`` does not know, typed on the command
+  line, is refused (stock drops it silently), with the nearest option named.
 * ``onmt.bin.translate.translate`` -- ``-model`` files exist, ``-src`` exists and is not empty,
-  ``-output``'s folder exists, ``-gpu`` exists.
+  ``-output``'s folder exists, ``-gpu`` exists, ``-beam_size`` >= 1.
 * ``onmt.bin.{train,translate,build_vocab,average_models}.main`` -- an
   :class:`~onmt_sdrop.errors.SdropError` is one line on stderr and exit status 2 (hook.py).
 * ``onmt.transforms.{clean,terminology,inlinetags,fuzzymatch,normalize}`` -- a module whose
@@ -322,6 +328,8 @@ def _check_gpus(asked: str, needed: int) -> None:
 
 def check_translate_opts(opt) -> None:
     """``-src`` exists and is not empty; ``-output`` can be written; ``-gpu`` exists."""
+    if getattr(opt, "beam_size", 1) < 1:
+        raise SdropError(f"-beam_size must be at least 1, got {opt.beam_size}")
     if getattr(opt, "gpu", -1) >= 0:
         _check_gpus(f"-gpu {opt.gpu} asks for GPU {opt.gpu}", opt.gpu + 1)
     src = getattr(opt, "src", None)
@@ -354,8 +362,38 @@ def _make_checked(check):
     return make
 
 
+SUBWORD_TRANSFORMS = ("sentencepiece", "bpe")
+
+
+def check_transform_opts(opt) -> None:
+    """A subword transform has its model files (stock fails when it first loads them)."""
+    chosen = [t for t in SUBWORD_TRANSFORMS if t in (getattr(opt, "_all_transform", None) or ())]
+    for name in chosen:
+        sides = ["src"] if getattr(opt, "share_vocab", False) else ["src", "tgt"]
+        for side in sides:
+            path = getattr(opt, f"{side}_subword_model", None)
+            if not path:
+                raise SdropError(f"-transforms {name} needs -{side}_subword_model (its model file)")
+            if not os.path.isfile(path):
+                raise SdropError(f"-{side}_subword_model file not found: {path}")
+
+
+def _make_checked_path(original):
+    def check_path(path, exist_ok=False, log=print):
+        if os.path.exists(path) and not exist_ok:
+            raise SdropError(f"{path} exists; add -overwrite to replace it")
+        return original(path, exist_ok=exist_ok, log=log)
+
+    return check_path
+
+
 def patch_option_checks() -> None:
-    from onmt.utils.parse import ArgumentParser
+    import onmt.utils.misc
+    from onmt.utils.parse import ArgumentParser, DataOptsCheckerMixin
+
+    wrap_once(onmt.utils.misc, "check_path", _make_checked_path)
+    wrap_once(DataOptsCheckerMixin, "_validate_transforms_opts",
+              _make_checked(check_transform_opts))
 
     wrap_once(ArgumentParser, "validate_train_opts", _make_checked(check_train_opts))
     wrap_once(ArgumentParser, "validate_model_opts", _make_checked(check_model_opts))
@@ -386,8 +424,38 @@ def wrap_entry_point(module) -> None:
         return wrapped
 
     wrap_once(module, "main", make_main)
+    if module.__name__ == "onmt.bin.train":
+        wrap_once(module, "_get_parser", _make_train_parser)
     if module.__name__ == "onmt.bin.translate":  # not in validate_translate_opts: training's
         wrap_once(module, "translate", _make_translate)  # scorer validates "-src dummy" there
+
+
+def _make_train_parser(get_parser):
+    """``onmt_train`` parses with ``parse_known_args`` and silently drops what it does not know
+    (a misspelt ``-override_opts`` for ``--override_opts``): refuse such words given on the
+    command line (unknown keys of a shared YAML config stay allowed, as stock)."""
+    def _get_parser(*args, **kwargs):
+        parser = get_parser(*args, **kwargs)
+        parse = parser.parse_known_args
+
+        def parse_known_args(args=None, namespace=None):
+            opt, unknown = parse(args, namespace)
+            given = sys.argv[1:] if args is None else list(args)
+            typed = [u for u in unknown if u in given and u.startswith("-")
+                     and not re.fullmatch(r"-[\d.]+(e-?\d+)?", u)]
+            if typed:
+                import difflib
+
+                known = [s for a in parser._actions for s in a.option_strings]
+                hints = [f"{u} (did you mean {m[0]}?)" if m else u for u in typed
+                         for m in [difflib.get_close_matches(u, known, n=1, cutoff=0.75)]]
+                raise SdropError(f"unrecognized arguments: {', '.join(hints)}")
+            return opt, unknown
+
+        parser.parse_known_args = parse_known_args
+        return parser
+
+    return _get_parser
 
 
 def _make_translate(translate):

@@ -84,6 +84,11 @@ def proc_error(proc, *needles):
 @pytest.fixture
 def cli(monkeypatch, capsys):
     """Run ``onmt.bin.<tool>.main`` in-process with ``args``; (exit code, stderr)."""
+    import logging
+
+    # entry points log through handlers bound to the sys.stderr of their time: start afresh
+    monkeypatch.setattr(logging.getLogger("onmt"), "handlers", [])
+
     def call(tool, *args):
         main = importlib.import_module(f"onmt.bin.{tool}").main
         monkeypatch.setattr(sys, "argv", [f"onmt_{tool}", *map(str, args)])
@@ -221,7 +226,7 @@ def test_train_from_cupy_checkpoint_takes_the_command_line_backend(trained, cupy
                 "-train_steps", "3", "-save_model", str(trained / "resumed")])
     assert proc.returncode == 0, proc.stderr[-2000:]
     info = [ln for ln in proc.stderr.splitlines() if "-train_from: training on with" in ln]
-    assert len(info) == 1 and "-dropout 0.3, not this run's 0.5" in info[0], proc.stderr[-2000:]
+    assert len(info) == 1 and "-dropout 0.3 (not 0.5)" in info[0], proc.stderr[-2000:]
     saved = torch.load(trained / "resumed_step_3.pt", weights_only=False)["opt"]
     assert saved.sdrop_backend == "dense" and saved.dropout == [0.3]
 
@@ -396,3 +401,53 @@ def test_gpu_options_without_a_gpu(trained, cli):
                     "-gpu 0 asks for GPU 0", "no GPU visible")
     assert_one_line(*cli("train", *train_args(trained, "-gpu_ranks", "0")),
                     "-gpu_ranks 0 asks for 1 GPU(s)", "no GPU visible")
+
+
+def test_resume_names_every_model_option_it_does_not_take(trained, cupy_ckpt, caplog):
+    import logging
+
+    import onmt.train_single
+    from onmt.opts import train_opts
+    from onmt.utils.parse import ArgumentParser
+
+    parser = ArgumentParser()
+    train_opts(parser)
+    opt = parser.parse_known_args([str(a) for a in train_args(
+        trained, "-dropout", "0.5", "-sdrop_pattern", "fixed")])[0]
+    with caplog.at_level(logging.INFO, logger="onmt"):
+        onmt.train_single._get_model_opts(opt, checkpoint=patches.safe_load(cupy_ckpt))
+    lines = [r.getMessage() for r in caplog.records if "-train_from:" in r.getMessage()]
+    assert len(lines) == 1
+    assert "-dropout 0.3 (not 0.5), -sdrop_pattern step (not fixed)" in lines[0]
+    assert "--override_opts" in lines[0]
+
+
+def test_misspelt_train_option_is_refused_with_a_hint(trained, cli):
+    """onmt_train parses with parse_known_args: stock drops a typo silently."""
+    assert_one_line(*cli("train", *train_args(trained, "-override_opts", "-sdrop_pattren", "step")),
+                    "unrecognized arguments: -override_opts (did you mean --override_opts?)",
+                    "-sdrop_pattren (did you mean -sdrop_pattern?)")
+
+
+def test_existing_vocabulary_without_overwrite(trained, cli, tmp_path):
+    cfg = corpus_config(tmp_path, trained / "train.de", trained / "train.en",
+                        vocab=trained / "vocab.src")
+    assert_one_line(*cli("build_vocab", "-config", cfg, "-n_sample", "-1"),
+                    "vocab.src exists; add -overwrite to replace it")
+
+
+@pytest.mark.parametrize("extra,needle", [
+    (["-transforms", "sentencepiece"], "-transforms sentencepiece needs -src_subword_model"),
+    (["-transforms", "bpe", "-src_subword_model", "nope.model"],
+     "-src_subword_model file not found: nope.model"),
+])
+def test_subword_transform_without_its_model(trained, cli, extra, needle):
+    assert_one_line(*cli("train", *train_args(trained, *extra)), needle)
+    assert_one_line(*cli("translate", "-model", trained / "avg.pt", "-src", trained / "src.txt",
+                         "-output", trained / "x.hyp", *extra), needle)
+
+
+def test_translate_beam_size_zero(trained, cli):
+    assert_one_line(*cli("translate", "-model", trained / "avg.pt", "-src", trained / "src.txt",
+                         "-output", trained / "x.hyp", "-beam_size", "0"),
+                    "-beam_size must be at least 1, got 0")

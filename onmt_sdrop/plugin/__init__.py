@@ -96,6 +96,25 @@ def _wrap_load_test_model(inner):
     return load_test_model
 
 
+# model options a resume takes from the checkpoint, silently in stock OpenNMT-py
+RESUME_KEPT = ("dropout", "encoder_type", "decoder_type", "sdrop_pattern", "sdrop_count",
+               "sdrop_step_masks")
+
+
+def _say_kept_options(model_opt, opt) -> None:
+    """One info line naming the options this run gave that the resumed model does not use."""
+    def text(v):
+        return " ".join(map(str, v)) if isinstance(v, (list, tuple)) else str(v)
+
+    diff = [f"-{k} {text(getattr(model_opt, k))} (not {text(getattr(opt, k))})"
+            for k in RESUME_KEPT if hasattr(opt, k) and hasattr(model_opt, k)
+            and getattr(model_opt, k) != getattr(opt, k)]
+    if diff:
+        logger.info(f"-train_from: training on with the checkpoint's {', '.join(diff)}; a resume "
+                    f"takes the model options from the checkpoint (--override_opts takes this "
+                    f"run's)")
+
+
 def _wrap_get_model_opts(inner):
     @functools.wraps(inner)
     def _get_model_opts(opt, checkpoint=None):
@@ -105,12 +124,7 @@ def _wrap_get_model_opts(inner):
         finally:
             _RUN["backend"] = before
         if checkpoint is not None and model_opt is not opt:
-            kept, given = list(model_opt.dropout), list(opt.dropout)
-            if kept != given:
-                logger.info(f"-train_from: training on with the checkpoint's -dropout "
-                            f"{' '.join(map(str, kept))}, not this run's "
-                            f"{' '.join(map(str, given))} (model options come from the checkpoint; "
-                            f"-override_opts takes this run's)")
+            _say_kept_options(model_opt, opt)
         return model_opt
 
     return _get_model_opts
