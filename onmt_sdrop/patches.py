@@ -30,7 +30,8 @@ The OpenNMT-py / torch names replaced, here and in :mod:`onmt_sdrop.plugin` and
 * ``onmt.transforms.{clean,terminology,inlinetags,fuzzymatch,normalize}`` -- a module whose
   optional package is missing is replaced by a stand-in transform that names the package (hook.py).
 * ``onmt.opts.model_opts``, ``onmt.opts.translate_opts``, ``onmt.model_builder.build_base_model``,
-  ``onmt.model_builder.load_test_model``, ``onmt.train_single._get_model_opts``,
+  ``onmt.model_builder.load_test_model``, ``onmt.train_single._get_model_opts``, ``onmt.train_single.build_model``
+  (a resume past a ``-dropout_steps`` boundary starts at the schedule's rate for that step),
   ``ArgumentParser.ckpt_model_opts``, ``ArgumentParser.validate_model_opts`` (the ``-sdrop_*``
   options and checks), the encoder/decoder registries -- the plugin (plugin/__init__.py).
 """

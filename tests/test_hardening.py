@@ -451,3 +451,23 @@ def test_translate_beam_size_zero(trained, cli):
     assert_one_line(*cli("translate", "-model", trained / "avg.pt", "-src", trained / "src.txt",
                          "-output", trained / "x.hyp", "-beam_size", "0"),
                     "-beam_size must be at least 1, got 0")
+
+
+def test_resume_past_a_dropout_schedule_boundary_starts_at_the_scheduled_rate():
+    """Stock switches only at step dropout_steps[i] + 1: a resume past it kept the first rate."""
+    from onmt_sdrop.plugin import _wrap_train_build_model, scheduled_index
+
+    assert [scheduled_index([0, 2, 5], s) for s in (1, 2, 3, 5, 6, 100)] == [0, 0, 1, 1, 2, 2]
+    calls = []
+
+    class Model:
+        def update_dropout(self, p, attn):
+            calls.append((p, attn))
+
+    build = _wrap_train_build_model(lambda *a, **k: Model())
+    opt = argparse.Namespace(dropout=[0.3, 0.1], attention_dropout=[0.2, 0.0],
+                             dropout_steps=[0, 1000], reset_optim="none")
+    build(None, opt, None, {"optim": {"training_step": 1500}}, -1)
+    build(None, opt, None, {"optim": {"training_step": 1000}}, -1)   # before the switch
+    build(None, opt, None, None, -1)                                  # not a resume
+    assert calls == [(0.1, 0.0)]

@@ -130,6 +130,33 @@ def _wrap_get_model_opts(inner):
     return _get_model_opts
 
 
+def scheduled_index(dropout_steps, step: int) -> int:
+    """Index of the -dropout_steps entry in force at training step ``step`` (the trainer switches
+    to entry i at step dropout_steps[i] + 1)."""
+    return max([0] + [i for i, s in enumerate(dropout_steps) if i and s + 1 <= step])
+
+
+def _wrap_train_build_model(inner):
+    """Stock OpenNMT-py switches dropout only *at* a -dropout_steps boundary, so a resume past one
+    would train on with the schedule's first rate: set the rate in force at the resumed step."""
+    @functools.wraps(inner)
+    def build_model(model_opt, opt, vocabs, checkpoint, *args, **kwargs):
+        model = inner(model_opt, opt, vocabs, checkpoint, *args, **kwargs)
+        steps = list(getattr(opt, "dropout_steps", []) or [])
+        optim = (checkpoint or {}).get("optim") or {}
+        if len(steps) > 1 and getattr(opt, "reset_optim", "none") != "all" and optim:
+            step = int(optim.get("training_step", 1))
+            i = scheduled_index(steps, step)
+            if i:
+                model.update_dropout(opt.dropout[i], opt.attention_dropout[i])
+                logger.info(f"-train_from at step {step}: dropout {opt.dropout[i]}, attention "
+                            f"dropout {opt.attention_dropout[i]} (the -dropout_steps schedule's "
+                            f"rate since step {steps[i] + 1})")
+        return model
+
+    return build_model
+
+
 def _wrap_build(inner):
     @functools.wraps(inner)
     def build_base_model(*args, **kwargs):
@@ -155,6 +182,7 @@ def register() -> None:
     wrap_once(onmt.model_builder, "build_base_model", _wrap_build)
     wrap_once(onmt.model_builder, "load_test_model", _wrap_load_test_model)
     wrap_once(onmt.train_single, "_get_model_opts", _wrap_get_model_opts)
+    wrap_once(onmt.train_single, "build_model", _wrap_train_build_model)
 
 
 register()
