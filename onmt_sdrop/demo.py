@@ -1,7 +1,10 @@
 """``make demo``: baseline vs structured dropout on the bundled IWSLT'14 De-En sample.
 
-Trains both models with the same hyper-parameters for a short CPU budget, translates the sample's
-test part, and writes ``demo/report.md`` (BLEU, chrF, tok/s, time, speed-up) and ``demo/curves.png``.
+The recipe pipeline with the ``demo`` profile: trains both models with the same hyper-parameters
+for a short CPU budget, translates the sample's test part with each model's best checkpoint on
+validation, and writes ``demo/report.md`` (tokenized BLEU, BLEU, chrF, tok/s, time, speed-up),
+``demo/curves.png``, ``demo/bleu_time.png`` (greedy valid BLEU at every checkpoint against time),
+``demo/summary.json`` and ``demo/evidence/`` (hypotheses, scores, logs). Work files: ``demo/work``.
 """
 from __future__ import annotations
 

@@ -198,7 +198,9 @@ class Pipeline:
                   flush=True)
             good = [c for c in good if c not in unlogged]
         final = self.final_step(name)
-        done = any(step_of(c) == final for c in good) and log.last_step >= final
+        # done: the final checkpoint is whole and the logs show it saved (a budget stop also
+        # logged the step report after it)
+        done = any(step_of(c) == final for c in good) and final in log.saved
         if (run_dir / "budget.json").exists() and not done:
             (run_dir / "budget.json").unlink()    # its checkpoint is gone: train on
             return self._check_trained(name)
