@@ -30,6 +30,12 @@ def _info() -> int:
     print(f"onmt_sdrop {__version__}, OpenNMT-py {onmt.__version__}, torch {torch.__version__}")
     print(f"start-up hook: {hook.pth_path()} ({'present' if _hook_present() else 'absent'})")
     print(f"backends: torch yes, cupy {'yes' if ok else 'no (' + why + ')'}")
+    from .patches import CHECKPOINT_GLOBALS, TRUST_ENV, trusted
+
+    allowed = ", ".join(f"{g.__module__}.{g.__qualname__}" for g in CHECKPOINT_GLOBALS)
+    print("checkpoints: " + (f"trusted, loaded with weights_only=False ({TRUST_ENV} is set)"
+                              if trusted() else
+                              f"weights_only=True, allowlist {allowed} ({TRUST_ENV}=1 to trust)"))
     return 0
 
 

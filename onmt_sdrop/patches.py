@@ -30,7 +30,8 @@ The OpenNMT-py / torch names replaced, here and in :mod:`onmt_sdrop.plugin` and
 * ``onmt.transforms.{clean,terminology,inlinetags,fuzzymatch,normalize}`` -- a module whose
   optional package is missing is replaced by a stand-in transform that names the package (hook.py).
 * ``onmt.opts.model_opts``, ``onmt.opts.translate_opts``, ``onmt.model_builder.build_base_model``,
-  ``onmt.model_builder.load_test_model``, ``onmt.train_single._get_model_opts``, ``onmt.train_single.build_model``
+  ``onmt.model_builder.load_test_model``, ``onmt.train_single._get_model_opts``,
+  ``onmt.train_single.build_model``
   (a resume past a ``-dropout_steps`` boundary starts at the schedule's rate for that step),
   ``ArgumentParser.ckpt_model_opts``, ``ArgumentParser.validate_model_opts`` (the ``-sdrop_*``
   options and checks), the encoder/decoder registries -- the plugin (plugin/__init__.py).
@@ -135,15 +136,16 @@ def safe_load(path, load=torch.load, **kwargs):
         if name is None:
             raise SdropError(f"checkpoint {where} is damaged or truncated, or not a checkpoint "
                              f"(it does not unpickle)") from None
-        raise SdropError(f"checkpoint {where} needs the global {name}, which is not on the allowlist of "
-                         f"what OpenNMT-py checkpoints hold; refused, since loading it could run code. "
+        raise SdropError(f"checkpoint {where} needs the global {name}, which is not on the "
+                         f"allowlist of what OpenNMT-py checkpoints hold; refused, since loading "
+                         f"it could run code. "
                          f"If you trust the file, set {TRUST_ENV}=1") from None
     except OSError as exc:
         raise SdropError(f"cannot read checkpoint {where}: {exc.strerror or exc}") from None
     except (EOFError, RuntimeError, KeyError, ValueError, IndexError) as exc:
+        detail = str(exc).splitlines()[0][:80] if str(exc) else ""
         raise SdropError(f"checkpoint {where} is damaged or truncated, or not a checkpoint "
-                         f"({type(exc).__name__}: {str(exc).splitlines()[0][:80] if str(exc) else ''})"
-                         ) from None
+                         f"({type(exc).__name__}: {detail})") from None
 
 
 # OpenNMT-py modules whose torch.load reads a model checkpoint: the keys they go on to read

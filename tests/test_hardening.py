@@ -471,3 +471,14 @@ def test_resume_past_a_dropout_schedule_boundary_starts_at_the_scheduled_rate():
     build(None, opt, None, {"optim": {"training_step": 1000}}, -1)   # before the switch
     build(None, opt, None, None, -1)                                  # not a resume
     assert calls == [(0.1, 0.0)]
+
+
+def test_info_tells_how_checkpoints_load(capsys, monkeypatch):
+    from onmt_sdrop import cli
+
+    monkeypatch.delenv(patches.TRUST_ENV, raising=False)
+    assert cli.main(["info"]) == 0
+    assert "weights_only=True, allowlist argparse.Namespace" in capsys.readouterr().out
+    monkeypatch.setenv(patches.TRUST_ENV, "1")
+    assert cli.main(["info"]) == 0
+    assert "trusted, loaded with weights_only=False" in capsys.readouterr().out

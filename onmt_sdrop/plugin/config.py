@@ -71,7 +71,8 @@ def check_sdrop_model(opt) -> None:
     enc, dec = getattr(opt, "encoder_type", "rnn"), getattr(opt, "decoder_type", "rnn")
     if dec in SDROP_PARTS["decoder_type"] and enc not in RNN_STATE_ENCODERS:
         raise SdropError(f"-decoder_type {dec} starts from an RNN encoder's final state; "
-                         f"-encoder_type {enc} has none (use one of {', '.join(RNN_STATE_ENCODERS)})")
+                         f"-encoder_type {enc} has none "
+                         f"(use one of {', '.join(RNN_STATE_ENCODERS)})")
     if dec in SDROP_PARTS["decoder_type"] and not getattr(opt, "input_feed", 1):
         used = [f"-{k}" for k in ("copy_attn", "coverage_attn") if getattr(opt, k, False)]
         if used:
