@@ -175,3 +175,24 @@ def test_training_step_under_autocast(backend):
     for name, want in g32.items():
         assert g16[name].dtype == torch.float32
         assert_close_scaled(g16[name], want, 3e-2, msg=name)
+
+
+@pytest.mark.parametrize("attn", ["general", "dot", "mlp"])
+def test_step_by_step_decoding_equals_stock(attn):
+    """Translation decodes one step per call (the attention keys are not precomputed then)."""
+    args = SMALL + ["-encoder_type", "brnn", "-decoder_type", "rnn", "-dropout", "0",
+                    "-global_attention", attn]
+    stock, _ = build(*args)
+    sdrop, _ = build(*sdrop_args(args))
+    copy_weights(sdrop, stock)
+    src, tgt, src_len = batch()
+    outs = []
+    for m in (stock, sdrop):
+        m.eval()
+        with torch.no_grad():
+            enc_out, enc_final, src_len_ = m.encoder(src, src_len)
+            m.decoder.init_state(src, enc_out, enc_final)
+            steps = [m.decoder(tgt[:, t:t + 1], enc_out, src_len=src_len_, step=t)[0]
+                     for t in range(3)]
+        outs.append(torch.cat(steps, 1))
+    torch.testing.assert_close(outs[1], outs[0], rtol=1e-10, atol=1e-10)

@@ -20,18 +20,42 @@ from .base import SdropMixin
 from .config import SdropConfig, dropout_rate
 
 
-def attention_context(attn, query, enc_out, src_len):
-    """Context vectors of OpenNMT-py's ``GlobalAttention`` (its forward, less ``linear_out``).
+class AttentionMemory:
+    """What OpenNMT-py's ``GlobalAttention`` recomputes at every step, made once per batch.
 
-    query (B, T, H) -> context (B, T, H), alignment (B, T, S)."""
-    align = attn.score(query, enc_out)
-    if src_len is not None:
-        pad = sequence_mask(src_len, max_len=align.size(-1)).unsqueeze(1)  # True at padding
-        align = align.masked_fill(pad, -float("inf"))
-    b, t, s = align.shape
-    fn = F.softmax if attn.attn_func == "softmax" else sparsemax
-    vec = fn(align.view(b * t, s), -1).view(b, t, s)
-    return torch.bmm(vec, enc_out), vec
+    For ``general`` attention ``score(h_t, h_s) = (W_in h_t) . h_s = h_t . (W_in^T h_s)``, so the
+    keys ``enc_out W_in`` replace a ``linear_in`` GEMM per step (and its backward); the padding
+    mask becomes an additive bias of one ``baddbmm``. ``mlp`` keeps OpenNMT-py's own score, and so
+    does a single step (translation), where the keys would cost more than they save."""
+
+    def __init__(self, attn, enc_out, src_len, steps):
+        self.attn, self.values = attn, enc_out
+        if attn.attn_type == "general" and steps > 1:
+            self.keys = torch.matmul(enc_out, attn.linear_in.weight)
+        elif attn.attn_type == "dot":
+            self.keys = enc_out
+        else:
+            self.keys = None
+        b, s = enc_out.shape[0], enc_out.shape[1]
+        self.bias = None
+        if src_len is not None:
+            pad = sequence_mask(src_len, max_len=s).unsqueeze(1)    # (B, 1, S), True at padding
+            self.bias = enc_out.new_zeros(b, 1, s).masked_fill(pad, -float("inf"))
+
+    def context(self, query):
+        """query (B, T, H) -> context (B, T, H), alignment (B, T, S)."""
+        if self.keys is not None:
+            keys_t = self.keys.transpose(1, 2)
+            align = torch.bmm(query, keys_t) if self.bias is None else \
+                torch.baddbmm(self.bias, query, keys_t)
+        else:
+            align = self.attn.score(query, self.values)
+            if self.bias is not None:
+                align = align + self.bias
+        b, t, s = align.shape
+        fn = F.softmax if self.attn.attn_func == "softmax" else sparsemax
+        vec = fn(align.view(b * t, s), -1).view(b, t, s)
+        return torch.bmm(vec, self.values), vec
 
 
 class GeneratorLink:
@@ -78,14 +102,14 @@ class _SdropDecoderMixin(SdropMixin):
         """GlobalAttention's output activation: tanh for general/dot, none for mlp."""
         return torch.tanh(y) if self.attn.attn_type in ("general", "dot") else y
 
-    def _attend(self, rnn_out, enc_out, src_len, dec_in, site, t, out_layer):
+    def _attend(self, rnn_out, memory, dec_in, site, t, out_layer):
         """Attention, context gate and output dropout: (dropped value, alignment or None).
 
         ``rnn_out`` is (B, H) at step ``t``, or (T, B, H) for all steps when ``t`` is None."""
         p_attn, dec_out = None, rnn_out
         if self.attentional:
             query = rnn_out.unsqueeze(1) if t is not None else rnn_out.transpose(0, 1)
-            ctx, p_attn = attention_context(self.attn, query, enc_out, src_len)
+            ctx, p_attn = memory.context(query)
             if t is not None:
                 ctx, p_attn = ctx.squeeze(1), p_attn.squeeze(1)
             else:
@@ -142,6 +166,7 @@ class SdropInputFeedDecoder(_SdropDecoderMixin, InputFeedRNNDecoder):
         if self._coverage:
             attns["coverage"] = []
         coverage = self.state["coverage"].squeeze(0) if self.state["coverage"] is not None else None
+        memory = AttentionMemory(self.attn, enc_out, src_len, steps) if self.attentional else None
         for t in range(steps):
             x = None
             for i, cell in enumerate(cells):
@@ -153,7 +178,7 @@ class SdropInputFeedDecoder(_SdropDecoderMixin, InputFeedRNNDecoder):
                 h[i], c[i] = lstm_cell(ops, gx, cell, h[i], c[i])
                 x = h[i]
             dec_in = torch.cat([emb_d[t], input_feed], 1) if need_dec_in else None
-            out_v, p_attn = self._attend(x, enc_out, src_len, dec_in, s_out, t, out_layer)
+            out_v, p_attn = self._attend(x, memory, dec_in, s_out, t, out_layer)
             feed_proj = s_out.matmul(out_v, t, w_feed)
             dec_out = s_out.dense(out_v, t)
             if need_dec_in:
@@ -191,7 +216,8 @@ class SdropStdDecoder(_SdropDecoderMixin, StdRNNDecoder):
         dec_in = None
         if self.context_gate is not None:
             dec_in = sites[0].dense(sites[0].drop(emb, None), None)
-        out_v, p_attn = self._attend(rnn_out, enc_out, src_len, dec_in, s_out, None,
+        memory = AttentionMemory(self.attn, enc_out, src_len, steps) if self.attentional else None
+        out_v, p_attn = self._attend(rnn_out, memory, dec_in, s_out, None,
                                      self._output_layer(s_out))
         attns = {"std": p_attn} if self.attentional else {}
         if s_out.compact:
