@@ -38,7 +38,6 @@ report_every: 10
 dropout: 0.3
 seed: 1
 """
-SDROP = list(SDROP_PAIR)
 
 
 def ok(proc):
@@ -60,7 +59,7 @@ def test_train_resume_average_translate_score(workdir, kind):
     d = workdir / kind
     d.mkdir()
     cfg = str(workdir / "c.yaml")
-    extra = SDROP if kind == "sdrop" else ["-encoder_type", "brnn", "-decoder_type", "rnn"]
+    extra = list(SDROP_PAIR) if kind == "sdrop" else ["-encoder_type", "brnn", "-decoder_type", "rnn"]
     log = ok(run([bin_path("onmt_train"), "-config", cfg, "-save_model", str(d / "model"), *extra]))
     text = log.stdout + log.stderr
     assert "Step 30/" in text and "tok/s" in text
@@ -117,7 +116,7 @@ def one_line_error(proc, *needles):
 def test_bad_options_are_one_line_errors(workdir, args, needles):
     if args[:2] == ["-sdrop_backend", "cupy"] and torch.cuda.is_available():
         pytest.skip("this machine has a GPU; the refusal is for machines without one")
-    proc = run([bin_path("onmt_train"), "-config", str(workdir / "c.yaml"), *SDROP, *args])
+    proc = run([bin_path("onmt_train"), "-config", str(workdir / "c.yaml"), *SDROP_PAIR, *args])
     one_line_error(proc, *needles)
 
 

@@ -208,12 +208,26 @@ def cupy_ckpt(trained):
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the refusal was for machines without a GPU")
-@pytest.mark.parametrize("extra", [[], ["-sdrop_backend", "torch"]])
-def test_cupy_checkpoint_translates_on_cpu(trained, cupy_ckpt, extra):
-    out = trained / f"cupy{len(extra)}.hyp"
+def test_cupy_checkpoint_translates_on_cpu(trained, cupy_ckpt):
+    """The installed command, given -sdrop_backend (stock translate would call it unknown)."""
+    out = trained / "cupy_torch.hyp"
     proc = run([bin_path("onmt_translate"), "-model", str(cupy_ckpt), "-src",
-                str(trained / "src.txt"), "-output", str(out), "-max_length", "5", *extra])
+                str(trained / "src.txt"), "-output", str(out), "-max_length", "5",
+                "-sdrop_backend", "torch"])
     assert proc.returncode == 0, proc.stderr[-2000:]
+    assert len(out.read_text().splitlines()) == 3
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the refusal was for machines without a GPU")
+def test_cupy_checkpoint_translates_on_cpu_without_backend_option(trained, cupy_ckpt, monkeypatch):
+    """The same in-process, with no -sdrop_backend: the checkpoint's cupy is ignored."""
+    import onmt.bin.translate
+
+    out = trained / "cupy_auto.hyp"
+    monkeypatch.setattr(sys, "argv", ["onmt_translate", "-model", str(cupy_ckpt), "-src",
+                                      str(trained / "src.txt"), "-output", str(out),
+                                      "-max_length", "5"])
+    onmt.bin.translate.main()
     assert len(out.read_text().splitlines()) == 3
 
 
