@@ -39,7 +39,7 @@ def _transform_guard(name):
 WATCH = {
     "onmt": ("after", _after_onmt),
     **{f"onmt.bin.{b}": ("after", _after_bin)
-       for b in ("train", "translate", "build_vocab", "average_models")},
+       for b in ("train", "translate", "build_vocab", "average_models", "release_model")},
     **{f"onmt.transforms.{t}": ("instead", _transform_guard(t))
        for t in ("clean", "terminology", "inlinetags", "fuzzymatch", "normalize")},
 }

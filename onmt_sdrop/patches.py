@@ -25,7 +25,7 @@ The OpenNMT-py / torch names replaced, here and in :mod:`onmt_sdrop.plugin` and
   line, is refused (stock drops it silently), with the nearest option named.
 * ``onmt.bin.translate.translate`` -- ``-model`` files exist, ``-src`` exists and is not empty,
   ``-output``'s folder exists, ``-gpu`` exists, ``-beam_size`` >= 1.
-* ``onmt.bin.{train,translate,build_vocab,average_models}.main`` -- an
+* ``onmt.bin.{train,translate,build_vocab,average_models,release_model}.main`` -- an
   :class:`~onmt_sdrop.errors.SdropError` is one line on stderr and exit status 2 (hook.py).
 * ``onmt.transforms.{clean,terminology,inlinetags,fuzzymatch,normalize}`` -- a module whose
   optional package is missing is replaced by a stand-in transform that names the package (hook.py).
@@ -150,7 +150,8 @@ def safe_load(path, load=torch.load, **kwargs):
 
 # OpenNMT-py modules whose torch.load reads a model checkpoint: the keys they go on to read
 CHECKPOINT_READERS = {"onmt.models.model_saver": ("opt",),
-                      "onmt.bin.average_models": ("model", "generator", "vocab", "opt")}
+                      "onmt.bin.average_models": ("model", "generator", "vocab", "opt"),
+                      "onmt.bin.release_model": ("opt",)}
 
 
 def check_checkpoint(ckpt, where, keys=("opt",)):

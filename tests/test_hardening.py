@@ -496,3 +496,10 @@ def test_info_tells_how_checkpoints_load(capsys, monkeypatch):
     monkeypatch.setenv(patches.TRUST_ENV, "1")
     assert cli.main(["info"]) == 0
     assert "trusted, loaded with weights_only=False" in capsys.readouterr().out
+
+
+def test_release_model_refuses_a_malicious_checkpoint_too(trained, evil, cli):
+    path, marker = evil
+    assert_one_line(*cli("release_model", "-m", path, "-o", trained / "released.pt"),
+                    "needs the global", "open")
+    assert not marker.exists() and not (trained / "released.pt").exists()
