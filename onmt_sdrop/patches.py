@@ -23,7 +23,8 @@ The OpenNMT-py / torch names replaced, here and in :mod:`onmt_sdrop.plugin` and
   without ``-overwrite`` is a one-line error.
 * ``onmt.bin.train._get_parser`` -- a word ``onmt_train`` does not know, typed on the command
   line, is refused (stock drops it silently), with the nearest option named.
-* ``onmt.bin.translate.translate`` -- ``-model`` files exist, ``-src`` exists and is not empty,
+* ``onmt.bin.translate.translate`` -- ``-model`` files exist, ``-src``/``-tgt`` exist, are not
+  empty and are UTF-8,
   ``-output``'s folder exists, ``-gpu`` exists, ``-beam_size`` >= 1.
 * ``onmt.bin.{train,translate,build_vocab,average_models,release_model}.main`` -- an
   :class:`~onmt_sdrop.errors.SdropError` is one line on stderr and exit status 2 (hook.py).
@@ -219,8 +220,9 @@ def exec_transform_module(loader, module, name: str) -> None:
 
 # --------------------------------------------------------------------------- corpora
 
-def _scan_text_file(path, cname) -> int:
-    """Number of lines of a corpus file; refuses a missing, empty or non-UTF-8 file."""
+def scan_text_file(path, label: str) -> int:
+    """Number of lines of a text input; refuses a missing, empty or non-UTF-8 file. ``label``
+    starts the message: ``corpus 'name'`` or the option, e.g. ``-src``."""
     try:
         with open(path, "rb") as fh:
             n = 0
@@ -228,15 +230,15 @@ def _scan_text_file(path, cname) -> int:
                 try:
                     line.decode("utf-8")
                 except UnicodeDecodeError as exc:
-                    raise SdropError(f"corpus '{cname}': {path} line {n} is not UTF-8 "
-                                     f"(byte {line[exc.start]:#04x} at column {exc.start + 1})"
+                    raise SdropError(f"{label}: {path} line {n} is not UTF-8 (byte "
+                                     f"{line[exc.start]:#04x} at column {exc.start + 1})"
                                      ) from None
     except FileNotFoundError:
-        raise SdropError(f"corpus '{cname}': file not found: {path}") from None
+        raise SdropError(f"{label}: file not found: {path}") from None
     except IsADirectoryError:
-        raise SdropError(f"corpus '{cname}': is a directory, not a file: {path}") from None
+        raise SdropError(f"{label}: is a directory, not a file: {path}") from None
     if n == 0:
-        raise SdropError(f"corpus '{cname}': file is empty: {path}")
+        raise SdropError(f"{label}: file is empty: {path}")
     return n
 
 
@@ -249,7 +251,7 @@ def check_corpora(opt) -> None:
         corpora = yaml.safe_load(corpora) or {}
     for cname, corpus in corpora.items():
         sides = [corpus.get(k) for k in ("path_src", "path_tgt") if corpus.get(k)]
-        counts = [_scan_text_file(path, cname) for path in sides]
+        counts = [scan_text_file(path, f"corpus '{cname}'") for path in sides]
         if len(counts) == 2 and counts[0] != counts[1]:
             raise SdropError(f"corpus '{cname}': {sides[0]} has {counts[0]} lines but "
                              f"{sides[1]} has {counts[1]}; source and target must pair up")
@@ -331,17 +333,15 @@ def _check_gpus(asked: str, needed: int) -> None:
 
 
 def check_translate_opts(opt) -> None:
-    """``-src`` exists and is not empty; ``-output`` can be written; ``-gpu`` exists."""
+    """``-src`` (and ``-tgt``) exist, are not empty, are UTF-8; ``-output`` can be written;
+    ``-gpu`` exists; ``-beam_size`` >= 1."""
     if getattr(opt, "beam_size", 1) < 1:
         raise SdropError(f"-beam_size must be at least 1, got {opt.beam_size}")
     if getattr(opt, "gpu", -1) >= 0:
         _check_gpus(f"-gpu {opt.gpu} asks for GPU {opt.gpu}", opt.gpu + 1)
-    src = getattr(opt, "src", None)
-    if src:
-        if not os.path.isfile(src):
-            raise SdropError(f"-src file not found: {src}")
-        if os.path.getsize(src) == 0:
-            raise SdropError(f"-src file is empty: {src}")
+    for flag in ("src", "tgt"):
+        if getattr(opt, flag, None):
+            scan_text_file(getattr(opt, flag), f"-{flag}")
     out = getattr(opt, "output", None)
     if out:
         folder = os.path.dirname(os.path.abspath(out))

@@ -344,13 +344,20 @@ def test_bad_checkpoint_subprocess_exit_status(trained, bad_ckpts):
     proc_error(proc, "truncated.pt", "damaged or truncated")
 
 
-@pytest.mark.parametrize("src,needle", [("missing.txt", "-src file not found"),
-                                        ("empty.txt", "-src file is empty")])
+@pytest.mark.parametrize("src,needle", [("missing.txt", "-src: file not found"),
+                                        ("empty.txt", "-src: file is empty"),
+                                        ("latin1.txt", "-src: "),
+                                        ("tgt:missing.txt", "-tgt: file not found")])
 def test_translate_bad_src(trained, cli, src, needle):
     (trained / "empty.txt").write_text("")
-    code, err = cli("translate", "-model", trained / "avg.pt", "-src", trained / src,
-                    "-output", trained / "x.hyp")
-    assert_one_line(code, err, needle, src)
+    (trained / "latin1.txt").write_bytes("gr\xfc\xdfe\n".encode("latin-1"))
+    extra = ["-tgt", trained / src.split(":")[1]] if src.startswith("tgt:") else []
+    code, err = cli("translate", "-model", trained / "avg.pt",
+                    "-src", trained / (src if not extra else "src.txt"),
+                    "-output", trained / "x.hyp", *extra)
+    line = assert_one_line(code, err, needle, src.split(":")[-1])
+    if src == "latin1.txt":
+        assert "line 1 is not UTF-8 (byte 0xfc at column 3)" in line
 
 
 def test_translate_output_folder_missing(trained, cli):
