@@ -510,3 +510,23 @@ def test_release_model_refuses_a_malicious_checkpoint_too(trained, evil, cli):
     assert_one_line(*cli("release_model", "-m", path, "-o", trained / "released.pt"),
                     "needs the global", "open")
     assert not marker.exists() and not (trained / "released.pt").exists()
+
+
+def test_degenerate_checkpoint_still_translates(trained, cli, monkeypatch):
+    """The kept-count refusal is for training: a checkpoint whose options would be refused now
+    (made before the check) still translates, since nothing is dropped at inference; a resume
+    from it is refused."""
+    import onmt.bin.translate
+
+    ckpt = torch.load(trained / "avg.pt", weights_only=False)
+    ckpt["opt"].dropout = [0.97]
+    torch.save(ckpt, trained / "degenerate.pt")
+    out = trained / "degenerate.hyp"
+    monkeypatch.setattr(sys, "argv", ["onmt_translate", "-model", str(trained / "degenerate.pt"),
+                                      "-src", str(trained / "src.txt"), "-output", str(out),
+                                      "-max_length", "5"])
+    onmt.bin.translate.main()
+    assert len(out.read_text().splitlines()) == 3
+    code, err = cli("train", *train_args(trained, "-train_from", trained / "degenerate.pt",
+                                         "-save_model", trained / "never"))
+    assert_one_line(code, err, "-dropout 0.97", "= 0 of 16")

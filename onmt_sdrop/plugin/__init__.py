@@ -37,8 +37,9 @@ from .generator import SdropGenerator
 __all__ = ["SdropConfig", "SdropRNNEncoder", "SdropBiRNNEncoder", "SdropInputFeedDecoder",
            "SdropStdDecoder", "SdropGenerator", "uses_sdrop", "validate_sdrop_opts"]
 
-# the -sdrop_backend of the running command, stamped on every checkpoint's options when read
-_RUN = {"backend": "auto"}
+# the -sdrop_backend of the running command, stamped on every checkpoint's options when read;
+# inference: inside load_test_model (translation: nothing is dropped)
+_RUN = {"backend": "auto", "inference": False}
 
 
 def _wrap_model_opts(inner):
@@ -65,7 +66,7 @@ def _wrap_translate_opts(inner):
 
 def _wrap_validate(inner):
     def validate_model_opts(cls, model_opt):
-        validate_sdrop_opts(model_opt)
+        validate_sdrop_opts(model_opt, training=not _RUN["inference"])
         return inner(cls, model_opt)
 
     return validate_model_opts
@@ -87,11 +88,12 @@ def _run_backend(opt):
 def _wrap_load_test_model(inner):
     @functools.wraps(inner)
     def load_test_model(opt, *args, **kwargs):
-        before, _RUN["backend"] = _RUN["backend"], _run_backend(opt)
+        before = dict(_RUN)
+        _RUN.update(backend=_run_backend(opt), inference=True)
         try:
             return inner(opt, *args, **kwargs)
         finally:
-            _RUN["backend"] = before
+            _RUN.update(before)
 
     return load_test_model
 
@@ -118,11 +120,12 @@ def _say_kept_options(model_opt, opt) -> None:
 def _wrap_get_model_opts(inner):
     @functools.wraps(inner)
     def _get_model_opts(opt, checkpoint=None):
-        before, _RUN["backend"] = _RUN["backend"], _run_backend(opt)
+        before = dict(_RUN)
+        _RUN.update(backend=_run_backend(opt), inference=False)
         try:
             model_opt = inner(opt, checkpoint)
         finally:
-            _RUN["backend"] = before
+            _RUN.update(before)
         if checkpoint is not None and model_opt is not opt:
             _say_kept_options(model_opt, opt)
         return model_opt

@@ -40,8 +40,10 @@ def uses_sdrop(opt) -> bool:
     return any(getattr(opt, k, None) in v for k, v in SDROP_PARTS.items())
 
 
-def validate_sdrop_opts(opt) -> None:
-    """Refuse options the structured-dropout parts cannot honour, in one line each."""
+def validate_sdrop_opts(opt, *, training: bool = True) -> None:
+    """Refuse options the structured-dropout parts cannot honour, in one line each.
+    ``training=False`` (a checkpoint's options read for translation, where nothing is dropped)
+    skips the kept-count check."""
     if not uses_sdrop(opt):
         return
     rates = opt.dropout if isinstance(opt.dropout, (list, tuple)) else [opt.dropout]
@@ -61,7 +63,7 @@ def validate_sdrop_opts(opt) -> None:
         raise SdropError(f"-sdrop_step_masks must be >= 0, got {masks}")
     check_backend(getattr(opt, "sdrop_backend", "auto"))
     check_sdrop_model(opt)
-    if pattern in COMPACT_PATTERNS and count == "fixed":
+    if training and pattern in COMPACT_PATTERNS and count == "fixed":
         check_kept_counts(opt, rates)
 
 
