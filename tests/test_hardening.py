@@ -282,6 +282,8 @@ def train_args(trained, *extra):
     (["-layers", "-1", "-enc_layers", "0"], ["-enc_layers must be at least 1, got 0"]),
     (["-layers", "-1", "-dec_layers", "0"], ["-dec_layers must be at least 1, got 0"]),
     (["-encoder_type", "transformer"], ["-decoder_type sdrop_rnn", "-encoder_type transformer"]),
+    (["-encoder_type", "cnn"], ["-decoder_type sdrop_rnn", "-encoder_type cnn has none"]),
+    (["-decoder_type", "cnn"], ["-encoder_type sdrop_brnn does not work with -decoder_type cnn"]),
     (["-dropout", "0.3", "0.1", "-dropout_steps", "0", "10"],
      ["-dropout has 2 value(s), -attention_dropout 1 and -dropout_steps 2"]),
     # stock OpenNMT-py's own assertions, one line instead of a traceback

@@ -10,6 +10,8 @@ from ..ops import BACKENDS, check_backend, get_ops
 SDROP_PARTS = {"encoder_type": ("sdrop_rnn", "sdrop_brnn"), "decoder_type": ("sdrop_rnn",)}
 # encoders whose final state an (sdrop) RNN decoder can start from: LSTM (h, c) per layer
 RNN_STATE_ENCODERS = ("rnn", "brnn", "sdrop_rnn", "sdrop_brnn", "mean")
+# decoders that run after an (sdrop) RNN encoder (the cnn decoder wants a cnn encoder's output)
+RNN_ENCODER_DECODERS = ("rnn", "ifrnn", "sdrop_rnn", "transformer")
 
 
 def add_sdrop_opts(parser) -> None:
@@ -75,6 +77,9 @@ def check_sdrop_model(opt) -> None:
         raise SdropError(f"-decoder_type {dec} starts from an RNN encoder's final state; "
                          f"-encoder_type {enc} has none "
                          f"(use one of {', '.join(RNN_STATE_ENCODERS)})")
+    if enc in SDROP_PARTS["encoder_type"] and dec not in RNN_ENCODER_DECODERS:
+        raise SdropError(f"-encoder_type {enc} does not work with -decoder_type {dec} "
+                         f"(use one of {', '.join(RNN_ENCODER_DECODERS)})")
     if dec in SDROP_PARTS["decoder_type"] and not getattr(opt, "input_feed", 1):
         used = [f"-{k}" for k in ("copy_attn", "coverage_attn") if getattr(opt, k, False)]
         if used:
