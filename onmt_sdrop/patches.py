@@ -21,6 +21,8 @@ The OpenNMT-py / torch names replaced, here and in :mod:`onmt_sdrop.plugin` and
   ``bpe`` have their ``-src/tgt_subword_model`` files.
 * ``onmt.utils.misc.check_path`` -- an existing output (``onmt_build_vocab``'s vocabularies)
   without ``-overwrite`` is a one-line error.
+* ``onmt.bin.average_models.average_models`` -- checkpoints of different models are a one-line
+  error.
 * ``onmt.bin.train._get_parser`` -- a word ``onmt_train`` does not know, typed on the command
   line, is refused (stock drops it silently), with the nearest option named.
 * ``onmt.bin.translate.translate`` -- ``-model`` files exist, ``-src``/``-tgt`` exist, are not
@@ -428,6 +430,8 @@ def wrap_entry_point(module) -> None:
         return wrapped
 
     wrap_once(module, "main", make_main)
+    if module.__name__ == "onmt.bin.average_models":
+        wrap_once(module, "average_models", _make_average)
     if module.__name__ == "onmt.bin.train":
         wrap_once(module, "_get_parser", _make_train_parser)
     if module.__name__ == "onmt.bin.translate":  # not in validate_translate_opts: training's
@@ -460,6 +464,37 @@ def _make_train_parser(get_parser):
         return parser
 
     return _get_parser
+
+
+def _make_average(average_models):
+    """Stock ``average_models`` with the check it lacks: every checkpoint has the same parameters
+    with the same shapes (stock broadcasts a smaller tensor silently, or fails on a missing key)."""
+    @functools.wraps(average_models)
+    def checked(model_files, fp32=False):
+        first = None
+        for path in model_files:
+            m = check_checkpoint(safe_load(path, map_location="cpu"), path,
+                                 CHECKPOINT_READERS["onmt.bin.average_models"])
+            shapes = {part: {k: tuple(v.shape) for k, v in m[part].items()}
+                      for part in ("model", "generator")}
+            if first is None:
+                first, first_shapes = path, shapes
+            elif shapes != first_shapes:
+                diff = _shape_difference(first_shapes, shapes)
+                raise SdropError(f"{first} and {path} are not checkpoints of the same model "
+                                 f"(their parameters differ: {diff})")
+            del m
+        return average_models(model_files, fp32)
+
+    return checked
+
+
+def _shape_difference(a, b) -> str:
+    for part in a:
+        for k in sorted(set(a[part]) | set(b[part])):
+            if a[part].get(k) != b[part].get(k):
+                return f"{part} {k}: {a[part].get(k, 'absent')} vs {b[part].get(k, 'absent')}"
+    return "?"
 
 
 def _make_translate(translate):

@@ -532,3 +532,16 @@ def test_degenerate_checkpoint_still_translates(trained, cli, monkeypatch):
     code, err = cli("train", *train_args(trained, "-train_from", trained / "degenerate.pt",
                                          "-save_model", trained / "never"))
     assert_one_line(code, err, "-dropout 0.97", "= 0 of 16")
+
+
+def test_average_of_different_models(trained, cli):
+    ckpt = torch.load(trained / "avg.pt", weights_only=False)
+    name = next(iter(ckpt["model"]))
+    ckpt["model"][name] = ckpt["model"][name][:1].clone()
+    torch.save(ckpt, trained / "other_shape.pt")
+    del ckpt["model"][name]
+    torch.save(ckpt, trained / "other_keys.pt")
+    for other in ("other_shape.pt", "other_keys.pt"):
+        assert_one_line(*cli("average_models", "-models", trained / "model_step_1.pt",
+                             trained / other, "-output", trained / "never.pt"),
+                        "are not checkpoints of the same model", "their parameters differ")
