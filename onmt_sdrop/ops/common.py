@@ -116,11 +116,6 @@ def permute_weight(w: torch.Tensor, mask: StepMask, dim: int) -> WindowedWeight:
     return WindowedWeight(w, mask, dim)
 
 
-def _token_grad(ctx):
-    """The (zero) gradient a window op returns for its weight token; the real one is deferred."""
-    return ctx.ww.token.new_zeros(()) if ctx.needs_input_grad[1] else None
-
-
 # ---------------------------------------------------------------- the two autograd ops
 #
 # A backend supplies the six grouped GEMMs of kernels/grouped_gemm.cu's table (consumer_fwd,
@@ -146,7 +141,7 @@ class CompactMatmul(Function):
             dxc = ctx.gemms.consumer_dx(dy, ctx.ww.ext_as(xc.dtype), ctx.mask)
         if ctx.needs_input_grad[1]:
             ctx.ww.defer(ctx.gemms.consumer_dw, dy, xc, ctx.mask)
-        return dxc, _token_grad(ctx), None, None, None
+        return dxc, None, None, None, None
 
 
 class MatmulCompact(Function):
@@ -168,4 +163,4 @@ class MatmulCompact(Function):
             dx = ctx.gemms.producer_dx(dyc, ctx.ww.ext_as(x.dtype), ctx.mask)
         if ctx.needs_input_grad[1]:
             ctx.ww.defer(ctx.gemms.producer_dw, dyc, x, ctx.mask)
-        return dx, _token_grad(ctx), None, None, None
+        return dx, None, None, None, None

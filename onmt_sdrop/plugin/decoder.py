@@ -167,6 +167,8 @@ class SdropInputFeedDecoder(_SdropDecoderMixin, InputFeedRNNDecoder):
             attns["coverage"] = []
         coverage = self.state["coverage"].squeeze(0) if self.state["coverage"] is not None else None
         memory = AttentionMemory(self.attn, enc_out, src_len, steps) if self.attentional else None
+        # the dense (scattered) output is needed per step only by the context gate and copy
+        per_step_dense = need_dec_in or self.copy_attn is not None
         for t in range(steps):
             x = None
             for i, cell in enumerate(cells):
@@ -180,11 +182,11 @@ class SdropInputFeedDecoder(_SdropDecoderMixin, InputFeedRNNDecoder):
             dec_in = torch.cat([emb_d[t], input_feed], 1) if need_dec_in else None
             out_v, p_attn = self._attend(x, memory, dec_in, s_out, t, out_layer)
             feed_proj = s_out.matmul(out_v, t, w_feed)
-            dec_out = s_out.dense(out_v, t)
-            if need_dec_in:
-                input_feed = dec_out
-            dec_outs.append(dec_out)
             compact.append(out_v)
+            if per_step_dense:
+                dec_out = s_out.dense(out_v, t)
+                input_feed = dec_out
+                dec_outs.append(dec_out)
             if self.attentional:
                 attns["std"].append(p_attn)
             if self._coverage:
@@ -194,8 +196,14 @@ class SdropInputFeedDecoder(_SdropDecoderMixin, InputFeedRNNDecoder):
                 attns["copy"].append(self.copy_attn(dec_out, enc_out)[1])
             elif self._reuse_copy_attn:
                 attns["copy"] = attns["std"]
+        compact = torch.stack(compact)
         if s_out.compact:
-            self._pending = (s_out, torch.stack(compact))
+            self._pending = (s_out, compact)
+        if not per_step_dense:   # one scatter for all steps, in OpenNMT-py's (B, T, H) layout
+            dec_outs = s_out.dense(compact, None).transpose(0, 1).contiguous()
+            # the base class stacks the attention lists only when dec_outs is a list
+            stacked = {id(v): torch.stack(v) for v in attns.values()}
+            attns = {k: stacked[id(v)] for k, v in attns.items()}
         return (torch.stack(h), torch.stack(c)), dec_outs, attns
 
 
