@@ -23,7 +23,7 @@ import torch
 import onmt_sdrop.hook
 
 onmt_sdrop.hook.install()
-from onmt_sdrop.plugin.factory import model_from_args  # noqa: E402
+from onmt_sdrop.factory import model_from_args  # noqa: E402
 
 VARIANTS = {
     "stock": ["-encoder_type", "brnn", "-decoder_type", "rnn"],

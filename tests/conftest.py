@@ -13,7 +13,7 @@ import onmt_sdrop.hook
 
 onmt_sdrop.hook.install()
 
-from onmt_sdrop.plugin.factory import model_from_args  # noqa: E402  (after the hook)
+from onmt_sdrop.factory import model_from_args  # noqa: E402  (after the hook)
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "data" / "iwslt14-sample"

@@ -196,3 +196,40 @@ def test_step_by_step_decoding_equals_stock(attn):
                      for t in range(3)]
         outs.append(torch.cat(steps, 1))
     torch.testing.assert_close(outs[1], outs[0], rtol=1e-10, atol=1e-10)
+
+
+def test_generator_says_once_when_it_cannot_use_the_compact_output(caplog):
+    """A generator input that is not the decoder output itself (here a copy) runs dense, with one
+    info line, not silently."""
+    import logging
+
+    model, _ = build(*SMALL, "-encoder_type", "sdrop_brnn", "-decoder_type", "sdrop_rnn",
+                     "-dropout", "0.3", "-sdrop_backend", "torch")
+    model.train()
+    src, tgt, src_len = batch()
+    logging.getLogger().addHandler(caplog.handler)
+    with caplog.at_level(logging.INFO):
+        for _ in range(2):
+            out, _ = model(src, tgt, src_len)
+            model.generator(out.reshape(-1, out.shape[-1]).clone())
+    lines = [r.getMessage() for r in caplog.records if "runs dense" in r.getMessage()]
+    assert len(lines) == 1, lines
+
+
+def test_dense_is_a_mode_not_a_backend():
+    """-sdrop_backend dense splits, once, into the dense mode on the torch backend; the ops layer
+    knows only kernel backends; bad settings fail at construction with one plain message."""
+    from onmt_sdrop.errors import SdropError
+    from onmt_sdrop.ops import get_ops, torch_backend
+    from onmt_sdrop.plugin.config import SdropConfig
+
+    dense, auto = SdropConfig(backend="dense"), SdropConfig(backend="auto")
+    assert (dense.mode, dense.kernels) == ("dense", "torch")
+    assert (auto.mode, auto.kernels) == ("compact", "auto")
+    assert dense.ops(torch.device("cpu")) is torch_backend
+    with pytest.raises(SdropError, match="one of auto, torch, cupy"):
+        get_ops("dense", torch.device("cpu"))
+    for bad, match in ((dict(pattern="blocks"), "-sdrop_pattern"), (dict(count="x"), "-sdrop_count"),
+                       (dict(step_masks=-1), "-sdrop_step_masks"), (dict(backend="tpu"), "-sdrop_backend")):
+        with pytest.raises(SdropError, match=match):
+            SdropConfig(**bad)

@@ -13,7 +13,7 @@ import importlib
 
 from ..errors import SdropError
 
-BACKENDS = ("auto", "torch", "cupy", "dense")
+BACKENDS = ("auto", "torch", "cupy")
 
 INTERFACE = ("gather", "scatter", "permute_weight",
              "consumer_fwd", "consumer_dx", "consumer_dw",
@@ -50,9 +50,7 @@ def check_backend(name: str) -> None:
 
 
 def get_ops(name: str, device):
-    """The ops module for backend ``name`` ("auto", "torch", "cupy" or "dense") on ``device``.
-
-    ``dense`` still needs the recurrence, which it takes from the torch backend."""
+    """The ops module for backend ``name`` ("auto", "torch" or "cupy") on ``device``."""
     check_backend(name)
     on_gpu = getattr(device, "type", str(device)) == "cuda"
     auto_cuda = name == "auto" and on_gpu and CUDA_BACKEND_VALIDATED and cupy_available()[0]

@@ -27,9 +27,8 @@ from onmt.utils.logging import logger
 from onmt.utils.parse import ArgumentParser
 
 from .. import patches
-from ..ops import BACKENDS
 from ..patches import wrap_once
-from .config import SdropConfig, add_sdrop_opts, uses_sdrop, validate_sdrop_opts
+from .config import BACKEND_CHOICES, SdropConfig, add_sdrop_opts, uses_sdrop, validate_sdrop_opts
 from .decoder import SdropInputFeedDecoder, SdropStdDecoder, _SdropDecoderMixin
 from .encoder import SdropBiRNNEncoder, SdropRNNEncoder
 from .generator import SdropGenerator
@@ -56,7 +55,8 @@ def _wrap_translate_opts(inner):
     def translate_opts(parser):
         inner(parser)
         group = parser.add_argument_group("Structured dropout (onmt_sdrop)")
-        group.add("--sdrop_backend", "-sdrop_backend", type=str, default="auto", choices=BACKENDS,
+        group.add("--sdrop_backend", "-sdrop_backend", type=str, default="auto",
+                  choices=BACKEND_CHOICES,
                   help="Kernels for the sdrop LSTM recurrence at inference (there is no dropout "
                        "at inference). The checkpoint's own -sdrop_backend is not used: a model "
                        "trained with cupy on a GPU translates on a CPU.")

@@ -7,6 +7,11 @@ from ..errors import SdropError
 from ..masks import COMPACT_PATTERNS, COUNTS, PATTERNS, kept_count
 from ..ops import BACKENDS, check_backend, get_ops
 
+# -sdrop_backend: a kernel backend of onmt_sdrop.ops, or "dense", which is a mode (the masked
+# dense reference, no work skipped) that runs on the torch backend; SdropConfig splits the two
+BACKEND_CHOICES = BACKENDS + ("dense",)
+MODES = ("compact", "dense")
+
 SDROP_PARTS = {"encoder_type": ("sdrop_rnn", "sdrop_brnn"), "decoder_type": ("sdrop_rnn",)}
 # encoders whose final state an (sdrop) RNN decoder can start from: LSTM (h, c) per layer
 RNN_STATE_ENCODERS = ("rnn", "brnn", "sdrop_rnn", "sdrop_brnn", "mean")
@@ -32,10 +37,13 @@ def add_sdrop_opts(parser) -> None:
                    "step one of them at random (each step's mask is still uniformly random); "
                    "0 = a fresh mask at every step. A few masks let the torch backend stack the "
                    "steps that share one into a single GEMM, which is what saves time on a CPU.")
-    group.add("--sdrop_backend", "-sdrop_backend", type=str, default="auto", choices=BACKENDS,
-              help="Kernels for step/fixed dropout: 'torch' = compacted GEMMs in PyTorch, 'cupy' "
-                   "= CUDA kernels (needs a GPU and CuPy), 'auto' = cupy on a GPU when available "
-                   "else torch, 'dense' = masked dense reference (no work skipped).")
+    group.add("--sdrop_backend", "-sdrop_backend", type=str, default="auto",
+              choices=BACKEND_CHOICES,
+              help="Kernels for step/fixed dropout, a run-time choice (a checkpoint's value is "
+                   "not used): 'auto' = the CUDA kernels when the model is on a GPU and CuPy is "
+                   "installed, else 'torch'; 'torch' = compacted GEMMs in PyTorch (any device); "
+                   "'cupy' = the CUDA kernels (needs a GPU and CuPy); 'dense' = the masked dense "
+                   "reference on the torch backend (same masks, no work skipped).")
 
 
 def uses_sdrop(opt) -> bool:
@@ -63,7 +71,7 @@ def validate_sdrop_opts(opt, *, training: bool = True) -> None:
     masks = getattr(opt, "sdrop_step_masks", 0)
     if masks < 0:
         raise SdropError(f"-sdrop_step_masks must be >= 0, got {masks}")
-    check_backend(getattr(opt, "sdrop_backend", "auto"))
+    SdropConfig.from_opt(opt)                       # backend and mode
     check_sdrop_model(opt)
     if training and pattern in COMPACT_PATTERNS and count == "fixed":
         check_kept_counts(opt, rates)
@@ -121,12 +129,28 @@ def check_kept_counts(opt, rates) -> None:
 
 @dataclass
 class SdropConfig:
-    """What a structured-dropout module needs to know; read from the (checkpoint) options."""
+    """What a structured-dropout module needs to know, validated once.
+
+    ``backend`` is the ``-sdrop_backend`` value; it splits into ``mode`` ("compact": skip the
+    dropped work; "dense": the masked reference) and ``kernels`` (the ops backend that runs it)."""
 
     pattern: str = "step"
     count: str = "fixed"
     backend: str = "auto"
     step_masks: int = 0
+
+    def __post_init__(self):
+        if self.pattern not in PATTERNS:
+            raise SdropError(f"-sdrop_pattern must be one of {', '.join(PATTERNS)}, "
+                             f"got {self.pattern!r}")
+        if self.count not in COUNTS:
+            raise SdropError(f"-sdrop_count must be one of {', '.join(COUNTS)}, got {self.count!r}")
+        if self.step_masks < 0:
+            raise SdropError(f"-sdrop_step_masks must be >= 0, got {self.step_masks}")
+        if self.backend not in BACKEND_CHOICES:
+            raise SdropError(f"-sdrop_backend must be one of {', '.join(BACKEND_CHOICES)}, "
+                             f"got {self.backend!r}")
+        check_backend(self.kernels)
 
     @classmethod
     def from_opt(cls, opt) -> "SdropConfig":
@@ -138,8 +162,12 @@ class SdropConfig:
     def mode(self) -> str:
         return "dense" if self.backend == "dense" else "compact"
 
+    @property
+    def kernels(self) -> str:
+        return "torch" if self.backend == "dense" else self.backend
+
     def ops(self, device):
-        return get_ops(self.backend, device)
+        return get_ops(self.kernels, device)
 
 
 def dropout_rate(opt) -> float:

@@ -18,6 +18,7 @@ from ..errors import SdropError
 from ..nn import lstm_cell, run_lstm
 from .base import SdropMixin
 from .config import SdropConfig, dropout_rate
+from .generator import GeneratorLink
 
 
 class AttentionMemory:
@@ -56,17 +57,6 @@ class AttentionMemory:
         fn = F.softmax if self.attn.attn_func == "softmax" else sparsemax
         vec = fn(align.view(b * t, s), -1).view(b, t, s)
         return torch.bmm(vec, self.values), vec
-
-
-class GeneratorLink:
-    """The compact decoder output of the last training forward, for the generator to consume."""
-
-    def __init__(self, dense, site, compact):
-        self.key = (dense.data_ptr(), dense.numel())
-        self.site, self.compact = site, compact
-
-    def matches(self, x) -> bool:
-        return (x.data_ptr(), x.numel()) == self.key
 
 
 class _SdropDecoderMixin(SdropMixin):

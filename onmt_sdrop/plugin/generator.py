@@ -11,6 +11,19 @@ import weakref
 
 import torch.nn as nn
 import torch.nn.functional as F
+from onmt.utils.logging import logger
+
+
+class GeneratorLink:
+    """The compact decoder output of the last training forward, for the generator to consume.
+    The generator recognises the decoder output it is given by its storage (pointer and size)."""
+
+    def __init__(self, dense, site, compact):
+        self.key = (dense.data_ptr(), dense.numel())
+        self.site, self.compact = site, compact
+
+    def matches(self, x) -> bool:
+        return (x.data_ptr(), x.numel()) == self.key
 
 
 class SdropGenerator(nn.Linear):
@@ -29,7 +42,14 @@ class SdropGenerator(nn.Linear):
         ref = self.__dict__.get("_decoder_ref")
         decoder = ref() if ref is not None else None
         link = getattr(decoder, "sdrop_link", None)
-        if link is None or not self.training or not link.matches(x):
+        if link is None or not self.training:
+            return F.linear(x, self.weight, self.bias)
+        if not link.matches(x):
+            # the loss handed over a copy or a slice of the decoder output: correct, but dense
+            if not self.__dict__.get("_warned"):
+                self.__dict__["_warned"] = True
+                logger.info("sdrop: the generator's input is not the decoder output of the last "
+                            "forward pass (a copy or a slice of it?); the generator runs dense")
             return F.linear(x, self.weight, self.bias)
         decoder.sdrop_link = None  # consumed: the compact tensors can go
         site, compact = link.site, link.compact                 # compact: (T, B, kmax)
