@@ -120,14 +120,16 @@ def _clean(obj):
 
 
 def zoomed_ylim(curves: list[list[float]]) -> tuple[float, float] | None:
-    """A linear y range around where the curves meet: from just under the lowest value to the
-    highest value seen after the first quarter of each curve (early, far-off points are cut)."""
-    vals = [v for c in curves for v in c if not _missing(v)]
-    if not vals:
+    """A linear y range around where the curves meet: from just under the lowest value up to
+    twice the highest final value (early, far-off points are cut), or the highest value if less."""
+    curves = [[v for v in c if not _missing(v)] for c in curves]
+    curves = [c for c in curves if c]
+    if not curves:
         return None
-    late = [v for c in curves for v in c[len(c) // 4 + (len(c) > 1):] if not _missing(v)] or vals
-    lo, hi = min(vals), max(late)
-    pad = max(hi - lo, 0.05 * abs(hi) or 1.0) * 0.08
+    vals = [v for c in curves for v in c]
+    lo = min(vals)
+    hi = min(max(vals), 2 * max(c[-1] for c in curves))
+    pad = max(hi - lo, 0.05 * abs(hi) or 1.0) * 0.05
     return lo - pad, hi + pad
 
 

@@ -323,3 +323,16 @@ def test_gpu_check_dry_run(tiny, tmp_path):
     assert "time budget of 0.0001 min per model, which ended at step 5 (baseline)" in \
         (out / "budget" / "report.md").read_text()
     assert (out / "bleu_time.png").stat().st_size > 1000 and (out / "device.txt").exists()
+
+
+def test_plot_axis_is_linear_and_zoomed_to_where_the_curves_meet(tmp_path):
+    from onmt_sdrop.report import TrainLog, plot_curves, zoomed_ylim
+
+    base = [150.2, 77.9, 58.2, 47.8, 42.1, 37.8]   # IWSLT local-subset, valid ppl per 250 steps
+    sdrop = [168.0, 80.8, 59.9, 48.9, 42.9, 38.8]
+    lo, hi = zoomed_ylim([base, sdrop])
+    assert 35 < lo < 37.8 and 77.6 < hi < 80
+    logs = {n: TrainLog(valid=[(250 * (i + 1), 60.0 * i, p) for i, p in enumerate(c)])
+            for n, c in (("baseline", base), ("sdrop", sdrop))}
+    plot_curves(logs, tmp_path / "c.png", "t")
+    assert (tmp_path / "c.png").stat().st_size > 1000

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import lzma
 import shutil
 import time
@@ -48,7 +49,7 @@ def raw_file(raw: Path, stem: str, lang: str, pair) -> Path:
 
 
 def write_lines(path: Path, lines) -> None:
-    tmp = path.with_suffix(path.suffix + ".part")
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.part")   # runs of two seeds may race
     tmp.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
     tmp.replace(path)  # atomic: a crash never leaves a half-written stage output
 
@@ -99,8 +100,13 @@ class Pipeline:
         self.seed = seed
 
     # ------------------------------------------------------------------ names
+    @property
+    def tag(self) -> str:
+        """Names a run's files in the shared work folder: runs of other seeds can run at once."""
+        return "" if self.seed is None else f"-seed{self.seed}"
+
     def run_dir(self, name: str) -> Path:
-        return self.work / (name if self.seed is None else f"{name}-seed{self.seed}")
+        return self.work / f"{name}{self.tag}"
 
     @property
     def config(self) -> Path:
@@ -168,13 +174,13 @@ class Pipeline:
                    self.work / "build_vocab.log")
 
     def _write_config(self) -> None:
-        d = self.data
-        self.config.write_text(
+        d = self.data   # written atomically: runs of two seeds share it
+        write_lines(self.config, [
             f"save_data: {self.work}/onmt\nsrc_vocab: {self.work}/vocab.src\n"
             f"tgt_vocab: {self.work}/vocab.tgt\noverwrite: true\n"
             f"src_vocab_size: 100000\ntgt_vocab_size: 100000\n"
             f"data:\n  corpus_1:\n    path_src: {d}/train.sp.src\n    path_tgt: {d}/train.sp.tgt\n"
-            f"  valid:\n    path_src: {d}/valid.sp.src\n    path_tgt: {d}/valid.sp.tgt\n")
+            f"  valid:\n    path_src: {d}/valid.sp.src\n    path_tgt: {d}/valid.sp.tgt"])
 
     def _prune(self, name: str) -> None:
         run_dir = self.run_dir(name)
@@ -300,11 +306,11 @@ class Pipeline:
                 [f"the test set with {h.parent.name} step {h.name.split('.')[1][4:]} (best on "
                  "validation, beam 5)" for h, _ in tests]
                 + ([f"the valid set at {len(valid)} checkpoints (greedy)"] if valid else [])))
-            spec = self.work / "translate_jobs.json"
+            spec = self.work / f"translate_jobs{self.tag}.json"
             spec.write_text(json.dumps(jobs, indent=1) + "\n")
             common = ["-max_length", "200"] + (["-gpu", "0"] if self.gpu else [])
             stream([*onmt("translate")[:2], "onmt_sdrop.recipe.translate_many", str(spec),
-                    *common], self.work / "translate.log")
+                    *common], self.work / f"translate{self.tag}.log")
         if not (jobs or self.valid_bleu):
             return
         import sentencepiece as spm
@@ -357,7 +363,7 @@ class Pipeline:
             fh.write((run_dir / f"test.step{step}.hyp").read_text(encoding="utf-8"))
         shutil.copyfile(run_dir / f"scores.step{step}.json", dst / "scores.json")
         for stem, paths in (("train", self._train_logs(name)),
-                            ("translate", [self.work / "translate.log"])):
+                            ("translate", [self.work / f"translate{self.tag}.log"])):
             paths = [p for p in paths if p.exists()]
             if paths:
                 with lzma.open(dst / f"{stem}.log.xz", "wt", encoding="utf-8") as fh:
