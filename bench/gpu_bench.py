@@ -112,6 +112,21 @@ def micro(cu, device, *, size, precision, hidden, batch, steps, vocab, p=0.3, re
                      "shape": {"steps": steps, "batch": batch, "hidden": hidden,
                                "out": vocab if gemm.startswith("consumer") else hidden}})
         print(rows[-1], flush=True)
+    # the alternative weight-gradient kernels of the CUDA backend (window_dw: atomic-free)
+    for kernel in [k for k in getattr(cu, "DW_KERNELS", ()) if k != cu.DW_KERNEL]:
+        default, cu.DW_KERNEL = cu.DW_KERNEL, kernel
+        try:
+            for gemm in ("consumer_dw", "producer_dw"):
+                compact, dense = cases[gemm]
+                d_ms, _ = time_ms(dense, device, reps)
+                c_ms, how = time_ms(compact, device, reps)
+                rows.append(dict(rows[list(cases).index(gemm)], gemm=f"{gemm} ({kernel})",
+                                 dense_ms=round(d_ms, 4), compact_ms=round(c_ms, 4),
+                                 speedup=round(d_ms / c_ms, 3),
+                                 of_ideal=round(d_ms / c_ms * (1 - p), 3), timed=how))
+                print(rows[-1], flush=True)
+        finally:
+            cu.DW_KERNEL = default
     perm_ms, how = time_ms(lambda: cu.permute_weight(w_c, m, 1), device, reps)
     rows.append({"gemm": "permute_weight (generator, once per batch)", "part": "prep",
                  "size": size, "precision": precision, "p": p, "dense_ms": 0.0,

@@ -34,7 +34,30 @@ def _memory(t: torch.Tensor, offset: int, shape, strides) -> torch.Tensor:
     return t.as_strided(shape, strides, t.storage_offset() + offset)
 
 
+def _window_dw(fn, grid, block, args):
+    """dW[u, v] += sum_g Q[g][:, u - off[g]]^T P[g][:, v] for off[g] <= u < off[g] + cnt[g]."""
+    q, p, dw, off, cnt, groups, rows, u_len, v_len, q_g, q_b, p_g, p_b, dw_u, dw_v = args
+    assert block == GEMM_BLOCK, block
+    dtype = DTYPES[fn.rsplit("_", 1)[1]]
+    assert q.dtype == p.dtype == dtype and dw.dtype == torch.float32, (fn, q.dtype, dw.dtype)
+    assert off.dtype == cnt.dtype == torch.int64 and off.is_contiguous() and cnt.is_contiguous()
+    groups, rows, u_len, v_len = map(int, (groups, rows, u_len, v_len))
+    assert grid[0] * TILE >= v_len and grid[1] * TILE >= u_len and grid[2] == 1, \
+        f"grid {grid} misses dW ({u_len} x {v_len})"
+    assert len(off) == len(cnt) == groups
+    for g in range(groups):
+        o, k = int(off[g]), int(cnt[g])
+        if k == 0:
+            continue
+        assert o + k <= u_len, f"window [{o}, {o + k}) past the {u_len}-long window axis"
+        qv = _memory(q, g * int(q_g), (rows, k), (int(q_b), 1)).float()
+        pv = _memory(p, g * int(p_g), (rows, v_len), (int(p_b), 1)).float()
+        _memory(dw, o * int(dw_u), (k, v_len), (int(dw_u), int(dw_v))).add_(qv.t() @ pv)
+
+
 def _grouped_gemm(fn, grid, block, args):
+    if fn.startswith("window_dw_"):
+        return _window_dw(fn, grid, block, args)
     a, b, c, off, cnt, mode, m_full, n_full, k_full, *strides = args
     assert block == GEMM_BLOCK, block
     accumulate = fn.startswith("grouped_gemm_acc_")

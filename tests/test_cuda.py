@@ -49,6 +49,13 @@ def device(request, monkeypatch):
     return "cpu"
 
 
+@pytest.fixture(params=cupy_backend.DW_KERNELS)
+def dw_kernel(request, monkeypatch):
+    """Every test runs with each weight-gradient kernel (atomicAdd grouped GEMM, window_dw)."""
+    monkeypatch.setattr(cupy_backend, "DW_KERNEL", request.param)
+    return request.param
+
+
 def _masks(size, groups):
     torch.manual_seed(size)
     yield sample_step_mask(groups, size, 0.3)
@@ -61,7 +68,7 @@ def _masks(size, groups):
 
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-4), (torch.float16, 2e-2)])
 @pytest.mark.parametrize("size,out,b", [(37, 53, 5), (500, 2000, 64), (64, 10, 1)])
-def test_grouped_gemms_match_torch_backend(device, dtype, tol, size, out, b):
+def test_grouped_gemms_match_torch_backend(device, dw_kernel, dtype, tol, size, out, b):
     """Consumer GEMM, dX and dW: CUDA kernels (fp32 or fp16 inputs, float accumulation) against
     the torch backend in float32, on strided inputs and all-kept / none-kept groups."""
     for m in _masks(size, 3 if size == 37 else 7):
@@ -81,7 +88,7 @@ def test_grouped_gemms_match_torch_backend(device, dtype, tol, size, out, b):
 
 
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-4)])
-def test_producer_and_lstm_match_torch_backend(device, dtype, tol):
+def test_producer_and_lstm_match_torch_backend(device, dw_kernel, dtype, tol):
     m = sample_step_mask(6, 33, 0.3).to(device)
     x = torch.randn(6, 4, 21, device=device, requires_grad=True)
     w = torch.randn(33, 21, device=device, requires_grad=True)
@@ -106,7 +113,7 @@ def test_producer_and_lstm_match_torch_backend(device, dtype, tol):
         torch.testing.assert_close(a, r, rtol=tol, atol=tol)
 
 
-def test_autocast_matches_torch_backend(device):
+def test_autocast_matches_torch_backend(device, dw_kernel):
     """Under AMP the CUDA backend runs its half kernels (float accumulation) and gives what the
     torch backend gives under AMP: half outputs, float32 gradients."""
     want_outs, want_grads = ops_under_autocast(torch_backend, device, amp=True)
@@ -116,7 +123,7 @@ def test_autocast_matches_torch_backend(device):
         assert_close_scaled(got.float(), want.float(), 2e-2)
 
 
-def test_full_model_cupy_equals_torch_backend(device, monkeypatch):
+def test_full_model_cupy_equals_torch_backend(device, dw_kernel, monkeypatch):
     args = ["-layers", "2", "-hidden_size", "64", "-word_vec_size", "32", "-encoder_type",
             "sdrop_brnn", "-decoder_type", "sdrop_rnn", "-dropout", "0.3"]
     ref, _ = build(*args, "-sdrop_backend", "torch", dtype=torch.float32)

@@ -14,6 +14,13 @@
 // All six are one tiled kernel, C_g = A_g * B_g with per-group extents and strides; the weight
 // gradients accumulate with atomicAdd because windows of different groups overlap. Inputs are
 // float or half (T), accumulation and weight gradients are float.
+//
+// window_dw is the atomic-free alternative for the two weight gradients: each block owns one
+// tile of dW on the extended window axis U (size + kmax long) and the other axis V, loops over
+// the groups whose window meets its tile, and adds its sum once (deterministic):
+//   dW[u, v] += sum_g sum_b Q[g][b][u - off[g]] * P[g][b][v]      for off[g] <= u < off[g] + cnt[g]
+//   consumer_dw: Q = Xc (compact input), P = dY, dW stored (V = N rows, U = columns)
+//   producer_dw: Q = dYc (compact output grad), P = X, dW stored (U = rows, V = I columns)
 #include <cuda_fp16.h>
 
 #define TILE 32
@@ -114,4 +121,67 @@ extern "C" __global__ void grouped_gemm_acc_f32(const float* A, const float* B, 
 extern "C" __global__ void grouped_gemm_acc_f16(const __half* A, const __half* B, float* C,
                                                 GROUPED_GEMM_ARGS) {
     grouped_gemm_tile<__half, __half, float, true>(A, B, C, GROUPED_GEMM_PASS);
+}
+
+// Atomic-free weight gradient over windows (see the table at the top). Block (TILE, TILE/SUB):
+// thread (tx, ty) owns dW[u0 + ty*SUB + s, v0 + tx] for s < SUB. Every block of a launch reads the
+// same off/cnt, so the skip of a group is uniform across the block (no divergent __syncthreads).
+template <typename T>
+__device__ void window_dw_tile(const T* __restrict__ Q, const T* __restrict__ P, float* dW,
+                               const long long* __restrict__ off, const long long* __restrict__ cnt,
+                               int groups, int rows, int u_len, int v_len,
+                               long long q_g, long long q_b, long long p_g, long long p_b,
+                               long long dw_u, long long dw_v) {
+    const int u0 = blockIdx.y * TILE, v0 = blockIdx.x * TILE;
+    if (u0 >= u_len || v0 >= v_len) return;
+    __shared__ float Qs[TILE][TILE + 1];
+    __shared__ float Ps[TILE][TILE + 1];
+    const int tx = threadIdx.x, ty = threadIdx.y;
+    float acc[SUB];
+#pragma unroll
+    for (int s = 0; s < SUB; ++s) acc[s] = 0.f;
+    for (int g = 0; g < groups; ++g) {
+        const long long o = off[g];
+        const int k = (int)cnt[g];
+        if (k == 0 || u0 + TILE <= o || u0 >= o + k) continue;
+        const T* q = Q + g * q_g;
+        const T* p = P + g * p_g;
+        for (int b0 = 0; b0 < rows; b0 += TILE) {
+#pragma unroll
+            for (int s = 0; s < SUB; ++s) {
+                const int bb = ty * SUB + s, b = b0 + bb;
+                const long long j = (long long)u0 + tx - o;        // compact column of u0 + tx
+                Qs[bb][tx] = (b < rows && j >= 0 && j < k) ? to_f(q[b * q_b + j]) : 0.f;
+                const int v = v0 + tx;
+                Ps[bb][tx] = (b < rows && v < v_len) ? to_f(p[b * p_b + v]) : 0.f;
+            }
+            __syncthreads();
+#pragma unroll 8
+            for (int bb = 0; bb < TILE; ++bb) {
+                const float pv = Ps[bb][tx];
+#pragma unroll
+                for (int s = 0; s < SUB; ++s) acc[s] += Qs[bb][ty * SUB + s] * pv;
+            }
+            __syncthreads();
+        }
+    }
+#pragma unroll
+    for (int s = 0; s < SUB; ++s) {
+        const int u = u0 + ty * SUB + s, v = v0 + tx;
+        if (u < u_len && v < v_len) dW[u * dw_u + v * dw_v] += acc[s];
+    }
+}
+
+#define WINDOW_DW_ARGS                                                                            \
+    const long long *off, const long long *cnt, int groups, int rows, int u_len, int v_len,         \
+    long long q_g, long long q_b, long long p_g, long long p_b, long long dw_u, long long dw_v
+#define WINDOW_DW_PASS off, cnt, groups, rows, u_len, v_len, q_g, q_b, p_g, p_b, dw_u, dw_v
+
+extern "C" __global__ void window_dw_f32(const float* Q, const float* P, float* dW,
+                                         WINDOW_DW_ARGS) {
+    window_dw_tile<float>(Q, P, dW, WINDOW_DW_PASS);
+}
+extern "C" __global__ void window_dw_f16(const __half* Q, const __half* P, float* dW,
+                                         WINDOW_DW_ARGS) {
+    window_dw_tile<__half>(Q, P, dW, WINDOW_DW_PASS);
 }

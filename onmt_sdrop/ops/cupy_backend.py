@@ -104,7 +104,30 @@ def consumer_dx(dy, w, mask: StepMask):
     return dxc
 
 
+# The weight gradients' kernel: "atomic" = the grouped GEMM accumulating with atomicAdd (passed
+# its GPU tests on an H200); "tiles" = window_dw, atomic-free and deterministic (each block owns a
+# dW tile and loops over the groups whose window meets it): compiled by nvcc and emulated in the
+# tests, not yet run on a GPU. bench/gpu_check.sh tests and times both.
+DW_KERNELS = ("atomic", "tiles")
+DW_KERNEL = "atomic"
+
+
+def _window_dw(q, p, dw, mask, *, u_len, v_len, dw_u, dw_v):
+    """dW[u, v] += sum_g Q[g][:, u - off[g]]^T P[g][:, v] over each group's window, one launch."""
+    q, p = q.contiguous(), p.contiguous()
+    off, cnt = _windows(mask, q.device)
+    groups, rows = q.shape[0], q.shape[1]
+    grid = ((v_len + TILE - 1) // TILE, (u_len + TILE - 1) // TILE, 1)
+    args = [q, p, dw, off, cnt, *map(np.int32, (groups, rows, u_len, v_len)),
+            *map(np.int64, (q.stride(0), q.stride(1), p.stride(0), p.stride(1), dw_u, dw_v))]
+    _launch("grouped_gemm", "window_dw_" + _suffix(q.dtype), grid, (TILE, TILE // ROWS_PER_THREAD),
+            args)
+
+
 def consumer_dw(dy, xc, mask: StepMask, dw) -> None:
+    if DW_KERNEL == "tiles":
+        return _window_dw(xc, dy, dw, mask, u_len=dw.shape[1], v_len=dw.shape[0],
+                          dw_u=dw.stride(1), dw_v=dw.stride(0))
     dy, xc = dy.contiguous(), xc.contiguous()
     g, b, kmax = xc.shape
     n = dy.shape[2]
@@ -134,6 +157,9 @@ def producer_dx(dyc, w, mask: StepMask):
 
 
 def producer_dw(dyc, x, mask: StepMask, dw) -> None:
+    if DW_KERNEL == "tiles":
+        return _window_dw(dyc, x, dw, mask, u_len=dw.shape[0], v_len=dw.shape[1],
+                          dw_u=dw.stride(0), dw_v=dw.stride(1))
     dyc, x = dyc.contiguous(), x.contiguous()
     g, b, kmax = dyc.shape
     i = x.shape[2]
