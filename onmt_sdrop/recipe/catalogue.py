@@ -88,12 +88,12 @@ PROFILES = {
     "gpu-short": Profile("gpu-short", _GPU_COMMON + _FULL + _ADAM, 3000, 500, valid_bleu=True),
     # recipes/gpu_check.sh: the full-size model on Multi30k, baseline and sdrop x 2 seeds inside
     # one 8-minute device call. Measured on an H200 (issue 11): stock ~70 ms/step, sdrop ~160 ms;
-    # the GPU is launch-bound, so 128 sentences a batch cost about what 64 do: 1,000 steps are
-    # 4.4 epochs of Multi30k, ~70 s (stock) + ~160 s (sdrop) per seed. Validation every 200
+    # the GPU is launch-bound, so 128 sentences a batch cost about what 64 do: 800 steps are
+    # 3.5 epochs of Multi30k, ~60 s (stock) + ~130 s (sdrop) per seed. Validation every 200
     # steps: OpenNMT-py 3.5.1 spawns fresh DataLoader workers (context "spawn", not persistent)
     # for every validation when -num_workers > 0, a few seconds each
     "gpu-converge": Profile("gpu-converge", _with(_GPU_COMMON + _FULL, "-batch_size", "128")
-                            + _ADAM, 1000, 200, valid_bleu=True, valid_bleu_lines=500),
+                            + _ADAM, 800, 200, valid_bleu=True, valid_bleu_lines=500),
     # both models finish on a 2-core CPU in about 30 minutes each
     "cpu-small": Profile("cpu-small", _COMMON + _SMALL, 2500, 250),  # ~25 min per model here
     # IWSLT'14 De-En without its training set: train on the valid split, hold out its last 500
