@@ -139,14 +139,13 @@ def test_per_step_weight_gradients_fold_into_one_grouped_gemm():
         calls.append(a[2].groups)
         return real(*a)
 
-    ys = [torch_backend.compact_matmul(torch_backend.gather(x[t:t + 1], m.step(t)), ww, m.step(t))
-          for t in range(5)]
-    import onmt_sdrop.ops.torch_backend as tb
-    tb.consumer_dw = counted
+    torch_backend.consumer_dw = counted
     try:
+        ys = [torch_backend.compact_matmul(torch_backend.gather(x[t:t + 1], m.step(t)), ww,
+                                           m.step(t)) for t in range(5)]
         gw, = torch.autograd.grad(sum((y * (t + 1)).sum() for t, y in enumerate(ys)), (w,))
     finally:
-        tb.consumer_dw = real
+        torch_backend.consumer_dw = real
     want, = torch.autograd.grad(sum((reference.consumer(x, w, m)[t] * (t + 1)).sum()
                                     for t in range(5)), (w,))
     torch.testing.assert_close(gw, want, rtol=1e-12, atol=1e-12)

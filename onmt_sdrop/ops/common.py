@@ -116,51 +116,40 @@ def permute_weight(w: torch.Tensor, mask: StepMask, dim: int) -> WindowedWeight:
     return WindowedWeight(w, mask, dim)
 
 
-# ---------------------------------------------------------------- the two autograd ops
+# ---------------------------------------------------------------- the autograd op
 #
 # A backend supplies the six grouped GEMMs of kernels/grouped_gemm.cu's table (consumer_fwd,
-# consumer_dx, consumer_dw, producer_fwd, producer_dx, producer_dw); these Functions are the same
-# for every backend.
+# consumer_dx, consumer_dw, producer_fwd, producer_dx, producer_dw); one Function runs either side
+# (consumer: compact input, full output; producer: full input, compact output) for every backend.
 
-class CompactMatmul(Function):
-    """Consumer: ``Y_g = X_g[:, K_g] @ W[:, K_g]^T`` on compact input."""
+class WindowedGEMM(Function):
+    """``y = fwd(x, W)`` with ``dx`` in backward and the weight gradient ``dw`` deferred to the
+    weight's fold."""
 
     @staticmethod
-    def forward(ctx, xc, token, ww, mask, gemms):
-        y = gemms.consumer_fwd(xc, ww.ext_as(xc.dtype), mask)
-        ctx.ww, ctx.mask, ctx.gemms = ww, mask, gemms
-        ctx.save_for_backward(xc)
+    def forward(ctx, x, token, ww, mask, fwd, dx, dw):
+        y = fwd(x, ww.ext_as(x.dtype), mask)
+        ctx.ww, ctx.mask, ctx.dx, ctx.dw = ww, mask, dx, dw
+        ctx.save_for_backward(x)
         return y
 
     @staticmethod
     def backward(ctx, dy):
-        xc, = ctx.saved_tensors
-        dy = dy.to(xc.dtype)
-        dxc = None
-        if ctx.needs_input_grad[0]:
-            dxc = ctx.gemms.consumer_dx(dy, ctx.ww.ext_as(xc.dtype), ctx.mask)
-        if ctx.needs_input_grad[1]:
-            ctx.ww.defer(ctx.gemms.consumer_dw, dy, xc, ctx.mask)
-        return dxc, None, None, None, None
-
-
-class MatmulCompact(Function):
-    """Producer: ``Y_g[:, K_g] = X_g @ W[K_g, :]^T``, the kept output columns only."""
-
-    @staticmethod
-    def forward(ctx, x, token, ww, mask, gemms):
-        yc = gemms.producer_fwd(x, ww.ext_as(x.dtype), mask)
-        ctx.ww, ctx.mask, ctx.gemms = ww, mask, gemms
-        ctx.save_for_backward(x)
-        return yc
-
-    @staticmethod
-    def backward(ctx, dyc):
         x, = ctx.saved_tensors
-        dyc = dyc.to(x.dtype)
-        dx = None
-        if ctx.needs_input_grad[0]:
-            dx = ctx.gemms.producer_dx(dyc, ctx.ww.ext_as(x.dtype), ctx.mask)
+        dy = dy.to(x.dtype)
+        dx = ctx.dx(dy, ctx.ww.ext_as(x.dtype), ctx.mask) if ctx.needs_input_grad[0] else None
         if ctx.needs_input_grad[1]:
-            ctx.ww.defer(ctx.gemms.producer_dw, dyc, x, ctx.mask)
-        return dx, None, None, None, None
+            ctx.ww.defer(ctx.dw, dy, x, ctx.mask)
+        return dx, None, None, None, None, None, None
+
+
+def consumer(gemms, xc, ww, mask):
+    """Consumer GEMM of backend ``gemms``: ``Y_g = X_g[:, K_g] @ W[:, K_g]^T`` on compact input."""
+    return WindowedGEMM.apply(xc, ww.token, ww, mask, gemms.consumer_fwd, gemms.consumer_dx,
+                              gemms.consumer_dw)
+
+
+def producer(gemms, x, ww, mask):
+    """Producer GEMM of backend ``gemms``: ``Y_g[:, K_g] = X_g @ W[K_g, :]^T``, kept columns only."""
+    return WindowedGEMM.apply(x, ww.token, ww, mask, gemms.producer_fwd, gemms.producer_dx,
+                              gemms.producer_dw)

@@ -18,8 +18,8 @@ from torch.autograd import Function
 
 from ..masks import StepMask
 from .amp import autocast_op
-from .common import (CompactMatmul, MatmulCompact, gather, new_output,  # noqa: F401
-                     permute_weight, scatter)
+from .common import (consumer, gather, new_output, permute_weight, producer,  # noqa: F401
+                     scatter)
 
 KERNELS = Path(__file__).resolve().parents[1] / "kernels"
 TILE, ROWS_PER_THREAD = 32, 8
@@ -173,12 +173,12 @@ _GEMMS = sys.modules[__name__]
 
 @autocast_op
 def compact_matmul(xc: torch.Tensor, ww, mask: StepMask) -> torch.Tensor:
-    return CompactMatmul.apply(xc, ww.token, ww, mask, _GEMMS)
+    return consumer(_GEMMS, xc, ww, mask)
 
 
 @autocast_op
 def matmul_compact(x: torch.Tensor, ww, mask: StepMask) -> torch.Tensor:
-    return MatmulCompact.apply(x, ww.token, ww, mask, _GEMMS)
+    return producer(_GEMMS, x, ww, mask)
 
 
 def _launch_pointwise(fn: str, dtype, rows: int, h: int, args):

@@ -15,8 +15,8 @@ from torch.autograd import Function
 
 from ..masks import StepMask
 from .amp import autocast_op
-from .common import (CompactMatmul, MatmulCompact, WindowedWeight, gather, new_output,
-                     permute_weight, scatter)
+from .common import (WindowedWeight, consumer, gather, new_output, permute_weight, producer,
+                     scatter)
 
 
 # ---------------------------------------------------------------- the six grouped GEMMs
@@ -117,13 +117,13 @@ _GEMMS = sys.modules[__name__]
 @autocast_op
 def compact_matmul(xc: torch.Tensor, ww: WindowedWeight, mask: StepMask) -> torch.Tensor:
     """Consumer GEMM on compact input: ``(G, B, kmax) x (Out, H+kmax) -> (G, B, Out)``."""
-    return CompactMatmul.apply(xc, ww.token, ww, mask, _GEMMS)
+    return consumer(_GEMMS, xc, ww, mask)
 
 
 @autocast_op
 def matmul_compact(x: torch.Tensor, ww: WindowedWeight, mask: StepMask) -> torch.Tensor:
     """Producer GEMM, kept output columns only: ``(G, B, In) x (H+kmax, In) -> (G, B, kmax)``."""
-    return MatmulCompact.apply(x, ww.token, ww, mask, _GEMMS)
+    return producer(_GEMMS, x, ww, mask)
 
 
 # ---------------------------------------------------------------- LSTM recurrence (dense W_hh, fused point-wise)
