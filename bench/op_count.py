@@ -81,10 +81,11 @@ def emulated_cuda_backend():
     config.get_ops = lambda name, device: cupy_backend if name == "cupy" else torch_backend
 
 
-def step_counts(variants, *, hidden, layers, batch, vocab, dropout, seed=0, log=print):
+def step_counts(variants, *, hidden, layers, batch, vocab, dropout, mean_len=24, seed=0,
+                log=print):
     common = ["-layers", str(layers), "-hidden_size", str(hidden), "-word_vec_size", str(hidden),
               "-dropout", str(dropout), "-global_attention", "general", "-input_feed", "1"]
-    src, tgt, sl, ntok = cpu_bench.batches(1, batch, vocab, seed=seed)[0]
+    src, tgt, sl, ntok = cpu_bench.batches(1, batch, vocab, seed=seed, mean_len=mean_len)[0]
     out = {"batch": {"sentences": batch, "src_steps": src.shape[1], "tgt_steps": tgt.shape[1] - 1,
                      "tgt_tokens": ntok}}
     for name, extra in variants.items():
@@ -113,12 +114,14 @@ def main(argv=None):
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--vocab", type=int, default=10000)
     ap.add_argument("--dropout", type=float, default=0.3)
+    ap.add_argument("--mean-len", type=float, default=24, help="sentence length the batch is "
+                    "drawn around (bench/cpu_bench.py's batches)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default=None, help="JSON path (default bench/results/ops-<date>.json)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     counts = step_counts(VARIANTS, hidden=args.hidden, layers=args.layers, batch=args.batch,
-                         vocab=args.vocab, dropout=args.dropout)
+                         vocab=args.vocab, dropout=args.dropout, mean_len=args.mean_len)
     result = {"what": "aten ops per training step (torch profiler, CPU): a launch proxy",
               "torch": torch.__version__, "date": dt.date.today().isoformat(),
               "command": "python bench/op_count.py " + " ".join(sys.argv[1:] if argv is None
