@@ -23,7 +23,8 @@ import torch
 import onmt_sdrop.hook
 
 onmt_sdrop.hook.install()
-from onmt_sdrop.factory import model_from_args  # noqa: E402
+from onmt_sdrop.factory import model_from_args, model_opt  # noqa: E402
+from onmt_sdrop.plugin import graphs  # noqa: E402
 
 VARIANTS = {
     "stock": ["-encoder_type", "brnn", "-decoder_type", "rnn"],
@@ -63,6 +64,10 @@ def batches(n, batch, vocab, seed=0, mean_len=24, device="cpu"):
 
 
 def train_step(model, optim, src, tgt, src_len, amp=False):
+    if model.__dict__.get("_sdrop_graphs") is not None:   # as the patched trainer does
+        batch = {"src": src, "tgt": tgt}
+        graphs.pad_batch(batch, src_pad=1, tgt_pad=1)
+        src, tgt = batch["src"], batch["tgt"]
     with torch.autocast(src.device.type, dtype=torch.float16, enabled=amp):
         out, _ = model(src, tgt, src_len)
         logits = model.generator(out.reshape(-1, out.shape[-1]))
@@ -81,6 +86,9 @@ def measure(variants, *, hidden, layers, batch, vocab, dropout, steps, warmup, r
               "-dropout", str(dropout), "-global_attention", "general", "-input_feed", "1"]
     models = {name: build(common + extra, vocab, seed=1).to(device)
               for name, extra in variants.items()}
+    for name, extra in variants.items():
+        if "-sdrop_cuda_graphs" in extra:   # graphs attach to a model on its device
+            graphs.enable(models[name], model_opt(common + extra))
     first = next(iter(models.values()))
     for m in list(models.values())[1:]:
         torch.nn.Module.load_state_dict(m, first.state_dict())
@@ -90,7 +98,9 @@ def measure(variants, *, hidden, layers, batch, vocab, dropout, steps, warmup, r
     tokens = {n: 0 for n in models}
     seconds = {n: 0.0 for n in models}
     for name, m in models.items():
-        for src, tgt, sl, _ in data[:warmup]:
+        # a graphed model captures each shape bucket once: warm it up on every bucket
+        warm = data if m.__dict__.get("_sdrop_graphs") is not None else data[:warmup]
+        for src, tgt, sl, _ in warm:
             train_step(m, optims[name], src, tgt, sl, amp)
     done, i = 0, 0
     while done < steps:

@@ -30,16 +30,22 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 import cpu_bench  # noqa: E402  (also installs the onmt hook)
 
+from onmt_sdrop.factory import model_opt  # noqa: E402
 from onmt_sdrop.masks import sample_step_mask  # noqa: E402
+from onmt_sdrop.plugin import graphs  # noqa: E402
 
 SIZES = {"default": dict(hidden=500, batch=64), "large": dict(hidden=1024, batch=256)}
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16}
 
 
-def e2e_variants(backend: str) -> dict:
-    """stock / sdrop dense / sdrop compacted with ``backend``, as options for the model builder."""
+def e2e_variants(backend: str, with_graphs: bool) -> dict:
+    """stock / sdrop dense / sdrop compacted with ``backend``, as options for the model builder;
+    with ``with_graphs`` also dense and compacted under CUDA graphs (-sdrop_cuda_graphs 1)."""
     variants = {k: v for k, v in cpu_bench.VARIANTS.items() if k != "sdrop_compact_m4"}
     variants["sdrop_compact"] = variants["sdrop_compact"][:-1] + [backend]
+    if with_graphs:
+        for name in ("sdrop_dense", "sdrop_compact"):
+            variants[name + "+graphs"] = variants[name] + ["-sdrop_cuda_graphs", "1"]
     return variants
 
 
@@ -146,13 +152,15 @@ def profile_steps(variants, *, device, amp, steps=3, **cfg):
     out = {}
     for name, extra in variants.items():
         model = cpu_bench.build(common + extra, cfg["vocab"], seed=1).to(device)
+        if "-sdrop_cuda_graphs" in extra:
+            graphs.enable(model, model_opt(common + extra))
         optim = torch.optim.SGD(model.parameters(), lr=0.1)
-        cpu_bench.train_step(model, optim, *data[0][:3], amp)
+        cpu_bench.train_step(model, optim, *data[0][:3], amp)   # warm-up (and capture)
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         with profile(activities=[ProfilerActivity.CUDA]) as prof:
-            for src, tgt, sl, _ in data[1:]:
-                cpu_bench.train_step(model, optim, src, tgt, sl, amp)
+            for _ in range(steps):                              # the same batch: no recapture
+                cpu_bench.train_step(model, optim, *data[0][:3], amp)
             torch.cuda.synchronize()
         kernels = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
         out[name] = (round(sum(e.device_time for e in kernels) / 1e3 / steps, 3),
@@ -168,6 +176,7 @@ def main(argv=None):
     ap.add_argument("--out", required=True)
     ap.add_argument("--steps", type=int, default=40, help="measured training steps per variant")
     ap.add_argument("--skip-large", action="store_true")
+    ap.add_argument("--no-graphs", action="store_true", help="leave out the CUDA-graph variants")
     ap.add_argument("--dry-run", action="store_true",
                     help="CPU, toy sizes, torch backend: checks the script, measures nothing")
     args = ap.parse_args(argv)
@@ -188,7 +197,7 @@ def main(argv=None):
         name = torch.cuda.get_device_name(0)
     if args.skip_large:
         sizes = {"default": sizes["default"]}
-    variants = e2e_variants(backend)
+    variants = e2e_variants(backend, with_graphs=device == "cuda" and not args.no_graphs)
     result = {"device": name, "torch": torch.__version__, "date": dt.date.today().isoformat(),
               "command": "python bench/gpu_bench.py " + " ".join(sys.argv[1:] if argv is None
                                                                    else argv),
@@ -212,13 +221,16 @@ def main(argv=None):
         for precision in precisions:
             cfg = dict(base, steps=steps, **dims)
             amp = precision == "fp16"
-            tok_s = cpu_bench.measure(variants, amp=amp, **cfg)
-            prof = profile_steps(variants, amp=amp, **cfg) if device == "cuda" else {}
+            # graphs are not captured under autocast (they fall back to eager): fp32 only
+            run = {k: v for k, v in variants.items() if not (amp and k.endswith("+graphs"))}
+            tok_s = cpu_bench.measure(run, amp=amp, **cfg)
+            prof = profile_steps(run, amp=amp, **cfg) if device == "cuda" else {}
             for variant, value in tok_s.items():
                 gpu_ms, launches, peak = prof.get(variant, (None, None, None))
                 result["results"].append({
                     "size": size, "precision": precision,
-                    "variant": variant.replace("sdrop_", ""), "graphs": False, "tok_s": value,
+                    "variant": variant.replace("sdrop_", "").replace("+graphs", ""),
+                    "graphs": variant.endswith("+graphs"), "tok_s": value,
                     "gpu_ms_per_step": gpu_ms, "launches_per_step": launches,
                     "peak_mem_mb": peak})
             save(f"e2e {size} {precision}")

@@ -12,5 +12,6 @@ export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 PYTHONWARNINGS=ignore
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$OUT/gpu-tests.log"
 # the CUDA kernels against the torch backend, the ops against the dense reference, device checks
 timeout 150 python3 -m pytest -q tests/test_cuda.py tests/test_ops.py tests/test_devices.py \
+    tests/test_graphs.py \
     2>&1 | tee -a "$OUT/gpu-tests.log"
 timeout 250 python3 bench/gpu_bench.py --out "$OUT" --steps 30 2>&1 | tee "$OUT/gpu-bench.log"

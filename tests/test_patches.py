@@ -94,10 +94,14 @@ def test_every_replacement_is_listed_in_the_patches_docstring():
     from onmt.utils.parse import ArgumentParser, DataOptsCheckerMixin
 
     doc = patches.__doc__
+    import onmt.models.model
+    import onmt.trainer
+
     owners = [(torch, "torch"), (onmt.opts, "onmt.opts"), (onmt.model_builder,
               "onmt.model_builder"), (onmt.train_single, "onmt.train_single"),
               (onmt.bin.translate, "onmt.bin"), (ArgumentParser, "ArgumentParser"),
-              (DataOptsCheckerMixin, "DataOptsCheckerMixin")]
+              (DataOptsCheckerMixin, "DataOptsCheckerMixin"),
+              (onmt.models.model.NMTModel, "NMTModel"), (onmt.trainer.Trainer, "Trainer")]
     for owner, label in owners:
         for name in list(vars(owner)):
             if patches.replaced(owner, name):

@@ -103,6 +103,25 @@ class CompactDrop:
         return self._out(self.ops.scatter(self._3d(v, t), self._m(t)), t)
 
 
+# Where the step/fixed masks come from: drawn on the host RNG and copied to the device, unless a
+# source is installed (CUDA graphs: masks in static device buffers, refilled before each replay).
+_mask_source = None
+
+
+def set_mask_source(source):
+    """Install ``source(steps, size, p, count, fixed, distinct, device) -> StepMask`` (None: the
+    default); returns the previous one."""
+    global _mask_source
+    previous, _mask_source = _mask_source, source
+    return previous
+
+
+def draw_step_mask(steps, size, p, *, count, fixed, distinct, device):
+    if _mask_source is not None:
+        return _mask_source(steps, size, p, count, fixed, distinct, device)
+    return sample_step_mask(steps, size, p, count=count, fixed=fixed, distinct=distinct).to(device)
+
+
 def make_site(p, *, pattern, count, mode, ops, steps, batch, size, device, dtype, training,
               distinct=0):
     """The site for one dropout location of one forward pass.
@@ -113,8 +132,8 @@ def make_site(p, *, pattern, count, mode, ops, steps, batch, size, device, dtype
     if not training or p == 0:
         return NoDrop()
     if pattern in COMPACT_PATTERNS:
-        mask = sample_step_mask(steps, size, p, count=count, fixed=pattern == "fixed",
-                                distinct=distinct).to(device)
+        mask = draw_step_mask(steps, size, p, count=count, fixed=pattern == "fixed",
+                              distinct=distinct, device=device)
         if mode == "compact":
             return CompactDrop(mask, ops)
         dense = mask.dense(dtype)[:, None, :].expand(steps, batch, size)

@@ -22,12 +22,15 @@ import torch.nn as nn
 import onmt.encoders
 import onmt.model_builder
 import onmt.opts
+import onmt.models.model
 import onmt.train_single
+import onmt.trainer
 from onmt.utils.logging import logger
 from onmt.utils.parse import ArgumentParser
 
 from .. import patches
 from ..patches import wrap_once
+from . import graphs
 from .config import BACKEND_CHOICES, SdropConfig, add_sdrop_opts, uses_sdrop, validate_sdrop_opts
 from .decoder import SdropInputFeedDecoder, SdropStdDecoder, _SdropDecoderMixin
 from .encoder import SdropBiRNNEncoder, SdropRNNEncoder
@@ -145,6 +148,8 @@ def _wrap_train_build_model(inner):
     @functools.wraps(inner)
     def build_model(model_opt, opt, vocabs, checkpoint, *args, **kwargs):
         model = inner(model_opt, opt, vocabs, checkpoint, *args, **kwargs)
+        if uses_sdrop(model_opt):
+            graphs.enable(model, opt)
         steps = list(getattr(opt, "dropout_steps", []) or [])
         optim = (checkpoint or {}).get("optim") or {}
         if len(steps) > 1 and getattr(opt, "reset_optim", "none") != "all" and optim:
@@ -186,6 +191,8 @@ def register() -> None:
     wrap_once(onmt.model_builder, "load_test_model", _wrap_load_test_model)
     wrap_once(onmt.train_single, "_get_model_opts", _wrap_get_model_opts)
     wrap_once(onmt.train_single, "build_model", _wrap_train_build_model)
+    wrap_once(onmt.models.model.NMTModel, "forward", graphs.wrap_model_forward)
+    wrap_once(onmt.trainer.Trainer, "_gradient_accumulation", graphs.wrap_gradient_accumulation)
 
 
 register()

@@ -37,6 +37,11 @@ def add_sdrop_opts(parser) -> None:
                    "step one of them at random (each step's mask is still uniformly random); "
                    "0 = a fresh mask at every step. A few masks let the torch backend stack the "
                    "steps that share one into a single GEMM, which is what saves time on a CPU.")
+    group.add("--sdrop_cuda_graphs", "-sdrop_cuda_graphs", type=int, default=-1,
+              choices=[-1, 0, 1],
+              help="CUDA graphs of the sdrop encoder+decoder, forward and backward, per shape "
+                   "bucket: 1 = on, 0 = off, -1 = on once validated on a GPU (see the README); "
+                   "what cannot be captured runs eagerly, with one info line.")
     group.add("--sdrop_backend", "-sdrop_backend", type=str, default="auto",
               choices=BACKEND_CHOICES,
               help="Kernels for step/fixed dropout, a run-time choice (a checkpoint's value is "

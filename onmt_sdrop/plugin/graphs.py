@@ -1,0 +1,220 @@
+"""CUDA graphs of the sdrop encoder and decoder, forward and backward (``-sdrop_cuda_graphs``).
+
+At the default size a training step is launch-bound (an H200 spent 4-5x its GPU time on the
+wall), so the encoder + decoder of an sdrop model run as one captured forward graph and one
+backward graph per shape bucket (``torch.cuda.make_graphed_callables``); the generator and
+OpenNMT-py's loss stay eager (the loss reads values back with ``.item()``).
+
+* Buckets: the trainer pads every batch's source and target to a multiple of :data:`BUCKET`
+  (padding is masked by the lengths and ignored by the loss), so a few graphs serve a corpus;
+  at most ``capacity`` stay cached (least recently used first out), all in one memory pool.
+* Masks: a graph cannot copy from the host. The first (warm-up) run of a bucket records every
+  mask the sites ask for and allocates device buffers for them; later runs, the capture included,
+  read those buffers; before each replay :meth:`StaticMasks.refill` draws new masks on the host
+  RNG in the recorded order, exactly as an eager step would, so ``-seed`` reproduces a run and a
+  replay equals the eager step on the same masks.
+* What cannot be captured runs eagerly, with one info line: the torch backend in compact mode
+  (it plans its GEMMs from the masks' host windows), Bernoulli counts (the shapes change),
+  sample/element patterns, copy and coverage attention, alignment, truncated BPTT, AMP.
+
+Each process of a multi-GPU run holds its own graphs; the backward graph's parameter gradients
+reach ``param.grad`` through autograd before OpenNMT-py's all-reduce reads them.
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import torch
+import torch.nn as nn
+from onmt.utils.logging import logger
+
+from ..masks import StepMask, sample_step_mask
+from ..nn import set_mask_source
+from .generator import GeneratorLink
+
+# "auto" (-sdrop_cuda_graphs -1) turns graphs on once tests/test_graphs.py's GPU tests have
+# passed on a real GPU (bench/gpu_check.sh); until then they run only when asked for (1).
+GRAPHS_VALIDATED = False
+BUCKET = 8
+CAPACITY = 16
+
+
+def padded(n: int) -> int:
+    return -(-n // BUCKET) * BUCKET
+
+
+def pad_batch(batch: dict, src_pad: int, tgt_pad: int) -> None:
+    """Pad ``batch["src"]`` and ``batch["tgt"]`` (B, T, 1) in place to multiples of BUCKET."""
+    for key, pad in (("src", src_pad), ("tgt", tgt_pad)):
+        t = batch[key]
+        extra = padded(t.shape[1]) - t.shape[1]
+        if extra:
+            batch[key] = torch.cat([t, t.new_full((t.shape[0], extra, t.shape[2]), pad)], 1)
+
+
+class StaticMasks:
+    """The mask source of one bucket: records the sites' requests on its first run, then serves
+    fresh :class:`StepMask` objects over the same device buffers (so the index tensors a mask
+    caches are made inside the captured graph, and so remade at each replay)."""
+
+    def __init__(self):
+        self.records = []
+        self.cursor = None
+
+    def begin(self) -> None:
+        self.cursor = 0 if self.records else None
+
+    def __call__(self, steps, size, p, count, fixed, distinct, device) -> StepMask:
+        args = (steps, size, p, count, fixed, distinct)
+        if self.cursor is None:
+            static = sample_step_mask(steps, size, p, count=count, fixed=fixed,
+                                      distinct=distinct).to(device)
+            self.records.append((args, static))
+            return static
+        want, static = self.records[self.cursor]
+        assert want == args, f"the sites asked for other masks than recorded: {args} != {want}"
+        self.cursor += 1
+        return StepMask(static.perm, static.offsets, static.counts, static.scale, static.size,
+                        static.kmax, static.windows)
+
+    def refill(self) -> None:
+        """New masks, drawn on the host RNG in the order an eager step draws them."""
+        for (steps, size, p, count, fixed, distinct), static in self.records:
+            m = sample_step_mask(steps, size, p, count=count, fixed=fixed, distinct=distinct)
+            for dst, src in ((static.perm, m.perm), (static.offsets, m.offsets),
+                             (static.counts, m.counts), (static.scale, m.scale)):
+                dst.copy_(src)
+
+
+class EncoderDecoder(nn.Module):
+    """The part of OpenNMT-py's ``NMTModel.forward`` that is captured: encoder, decoder state and
+    decoder, returning tensors only (the decoder output, the attention, the compact output)."""
+
+    def __init__(self, model, masks: StaticMasks):
+        super().__init__()
+        self.encoder, self.decoder = model.encoder, model.decoder
+        self.masks = masks
+        self.link = None
+
+    def forward(self, src, tgt, src_len):
+        self.masks.begin()
+        previous = set_mask_source(self.masks)
+        try:
+            enc_out, enc_final_hs, src_len = self.encoder(src, src_len)
+            self.decoder.init_state(src, enc_out, enc_final_hs)
+            dec_out, attns = self.decoder(tgt[:, :-1, :], enc_out, src_len=src_len)
+        finally:
+            set_mask_source(previous)
+        self.link = self.decoder.sdrop_link
+        compact = self.link.compact if self.link is not None else dec_out.new_zeros(())
+        return dec_out, attns["std"], compact
+
+
+class GraphedModel:
+    """Encoder + decoder of ``model`` as CUDA graphs, one per (batch, source, target) shape."""
+
+    def __init__(self, model, capacity: int = CAPACITY, capture=None):
+        self.model = model
+        self.capacity = capacity
+        self.capture = capture or self._make_graphed
+        self.cache: OrderedDict = OrderedDict()
+        self.pool = None
+
+    def _make_graphed(self, module, args):
+        if self.pool is None:
+            self.pool = torch.cuda.graph_pool_handle()
+        return torch.cuda.make_graphed_callables(module, args, allow_unused_input=True,
+                                                 pool=self.pool)
+
+    def _entry(self, src, tgt, src_len):
+        dec = self.model.decoder
+        key = (tuple(src.shape), tuple(tgt.shape), getattr(dec, "dropout_p", None),
+               getattr(self.model.encoder, "dropout_p", None))
+        if key in self.cache:
+            self.cache.move_to_end(key)
+            return self.cache[key]
+        masks = StaticMasks()
+        module = EncoderDecoder(self.model, masks)
+        static = (src.clone(), tgt.clone(), src_len.clone())
+        # warm-up and capture draw masks too: the step itself must draw what an eager step would
+        rng = torch.get_rng_state()
+        fn = self.capture(module, static)
+        torch.set_rng_state(rng)
+        self.cache[key] = entry = (fn, module, masks, static)
+        while len(self.cache) > self.capacity:
+            self.cache.popitem(last=False)
+        return entry
+
+    def __call__(self, src, tgt, src_len):
+        fn, module, masks, static = self._entry(src, tgt, src_len)
+        for dst, value in zip(static, (src, tgt, src_len)):
+            dst.copy_(value)
+        masks.refill()
+        dec_out, attn, compact = fn(*static)
+        link = module.link
+        self.model.decoder.sdrop_link = (GeneratorLink(dec_out, link.site, compact)
+                                         if link is not None else None)
+        return dec_out, {"std": attn}
+
+
+def unsupported(opt, model) -> str | None:
+    """Why the sdrop parts of ``model`` cannot be captured with options ``opt``, or None."""
+    config = getattr(model.decoder, "sdrop", None) or getattr(model.encoder, "sdrop", None)
+    if config is None:
+        return "the model has no sdrop encoder or decoder"
+    if not next(model.parameters()).is_cuda:
+        return "the model is not on a GPU"
+    if config.count != "fixed" or config.pattern not in ("step", "fixed"):
+        return "only -sdrop_count fixed with -sdrop_pattern step or fixed can be captured"
+    if config.mode == "compact" and getattr(config.ops(torch.device("cuda")), "__name__",
+                                            "").rsplit(".", 1)[-1] != "cupy_backend":
+        return "the torch backend plans its GEMMs on the host (use the CUDA backend)"
+    for flag, what in (("copy_attn", "-copy_attn"), ("coverage_attn", "-coverage_attn"),
+                       ("lambda_align", "alignment"), ("truncated_decoder", "-truncated_decoder")):
+        if getattr(opt, flag, 0):
+            return f"{what} is not captured"
+    if getattr(opt, "model_dtype", "fp32") == "fp16":
+        return "-model_dtype fp16 (autocast) is not captured"
+    if not hasattr(model.decoder, "attn") or not model.decoder.attentional:
+        return "a decoder without attention is not captured"
+    return None
+
+
+def enable(model, opt) -> bool:
+    """Attach graphs to ``model`` when ``-sdrop_cuda_graphs`` asks for them and they can run;
+    says in one info line when they were asked for and cannot."""
+    wanted = getattr(opt, "sdrop_cuda_graphs", -1)
+    if wanted == 0 or (wanted < 0 and not GRAPHS_VALIDATED):
+        return False
+    why = unsupported(opt, model)
+    if why is not None:
+        if wanted > 0 or next(model.parameters()).is_cuda:
+            logger.info(f"sdrop: CUDA graphs off, eager steps instead: {why}")
+        return False
+    model.__dict__["_sdrop_graphs"] = GraphedModel(model)
+    logger.info(f"sdrop: CUDA graphs on (buckets of {BUCKET} steps, up to {CAPACITY} cached)")
+    return True
+
+
+def wrap_model_forward(inner):
+    """``NMTModel.forward``: a training step of a model with graphs runs them."""
+    def forward(self, src, tgt, src_len, bptt=False, with_align=False):
+        graphs = self.__dict__.get("_sdrop_graphs")
+        if graphs is None or not self.training or bptt or with_align \
+                or not torch.is_grad_enabled() or torch.is_autocast_enabled(src.device.type):
+            return inner(self, src, tgt, src_len, bptt=bptt, with_align=with_align)
+        return graphs(src, tgt, src_len)
+    return forward
+
+
+def wrap_gradient_accumulation(inner):
+    """``Trainer._gradient_accumulation``: pad each batch to its bucket when graphs are on."""
+    def _gradient_accumulation(self, true_batches, *args, **kwargs):
+        model = self.model
+        if model.__dict__.get("_sdrop_graphs") is not None:
+            src_pad = model.encoder.embeddings.word_padding_idx
+            tgt_pad = model.decoder.embeddings.word_padding_idx
+            for batch in true_batches:
+                pad_batch(batch, src_pad, tgt_pad)
+        return inner(self, true_batches, *args, **kwargs)
+    return _gradient_accumulation

@@ -1,0 +1,118 @@
+"""CUDA graphs of the sdrop encoder+decoder (-sdrop_cuda_graphs). On every machine the graph
+machinery runs with the capture replaced by an eager stand-in (a warm-up run that records the
+masks, then plain calls), so bucketing, the static masks refilled before each step, the generator
+link and the cache bound are checked against eager steps; the capture itself needs a GPU."""
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+
+from conftest import SDROP_PAIR, batch, build, copy_weights, grads, loss_of
+from onmt_sdrop.ops import cupy_available, cupy_backend, torch_backend
+from onmt_sdrop.plugin import graphs
+
+ARGS = ["-layers", "2", "-hidden_size", "16", "-word_vec_size", "8", "-dropout", "0.3", *SDROP_PAIR]
+
+
+def eager_capture(module, args):
+    """Stand-in for make_graphed_callables: one warm-up run (it records the masks), then calls."""
+    module(*args)
+    return module
+
+
+def emulated_cuda(monkeypatch, model):
+    import kernel_emulator
+
+    monkeypatch.setattr(cupy_backend, "_launch", kernel_emulator.launch)
+    monkeypatch.setattr("onmt_sdrop.plugin.config.get_ops", lambda name, dev: (
+        cupy_backend if name == "cupy" else torch_backend))
+    for mod in model.modules():
+        if hasattr(mod, "sdrop"):
+            mod.sdrop.backend = "cupy"
+
+
+def batches():
+    """Three batches in two shape buckets."""
+    return [batch(b=4, s=8, t=8, seed=1), batch(b=4, s=8, t=8, seed=2), batch(b=4, s=16, t=8, seed=3)]
+
+
+@pytest.mark.parametrize("backend", ["dense", "cupy-emulated"])
+def test_graph_steps_equal_eager_steps(backend, monkeypatch):
+    """Same seed, same weights: every step through the graph machinery gives the eager step's
+    loss and gradients; the masks change from step to step; the cache keeps its bound."""
+    extra = ["-sdrop_backend", "dense" if backend == "dense" else "torch"]
+    eager, _ = build(*ARGS, *extra, dtype=torch.float32)
+    graphed, _ = build(*ARGS, *extra, dtype=torch.float32)
+    if backend != "dense":
+        emulated_cuda(monkeypatch, eager)
+        emulated_cuda(monkeypatch, graphed)
+    copy_weights(graphed, eager)
+    runner = graphs.GraphedModel(graphed, capacity=1, capture=eager_capture)
+    graphed.__dict__["_sdrop_graphs"] = runner
+    perms = []
+    for i, data in enumerate(batches()):
+        res = []
+        for m in (eager, graphed):
+            m.train()
+            m.zero_grad()
+            torch.manual_seed(100 + i)
+            loss, _ = loss_of(m, *data)
+            loss.backward()
+            res.append((loss.detach(), grads(m)))
+        torch.testing.assert_close(res[1][0], res[0][0], rtol=1e-5, atol=1e-5)
+        assert res[1][1].keys() == res[0][1].keys()
+        for k in res[0][1]:
+            torch.testing.assert_close(res[1][1][k], res[0][1][k], rtol=1e-4, atol=1e-5, msg=k)
+        assert len(runner.cache) <= 1
+        masks = next(iter(runner.cache.values()))[2]
+        perms.append(masks.records[0][1].perm.clone())
+    assert not torch.equal(perms[0], perms[1])   # same bucket: refilled with new masks
+
+
+def test_pad_batch_to_the_bucket():
+    b = {"src": torch.ones(2, 9, 1, dtype=torch.long), "tgt": torch.ones(2, 16, 1, dtype=torch.long)}
+    graphs.pad_batch(b, src_pad=7, tgt_pad=5)
+    assert b["src"].shape == (2, 16, 1) and (b["src"][:, 9:] == 7).all()
+    assert b["tgt"].shape == (2, 16, 1) and (b["tgt"] == 1).all()
+
+
+def test_graphs_off_by_default_until_validated_and_refused_in_one_line(caplog):
+    model, opt = build(*ARGS, "-sdrop_backend", "torch", dtype=torch.float32)
+    assert opt.sdrop_cuda_graphs == -1
+    assert graphs.enable(model, opt) is (graphs.GRAPHS_VALIDATED and torch.cuda.is_available())
+    opt.sdrop_cuda_graphs = 1
+    logging.getLogger().addHandler(caplog.handler)
+    with caplog.at_level(logging.INFO):
+        assert graphs.enable(model, opt) is False
+    lines = [r.getMessage() for r in caplog.records if "CUDA graphs off" in r.getMessage()]
+    assert lines == ["sdrop: CUDA graphs off, eager steps instead: the model is not on a GPU"]
+
+
+@pytest.mark.skipif(not cupy_available()[0], reason="needs a CUDA GPU and CuPy")
+def test_captured_graphs_equal_eager_on_a_gpu():
+    """The real capture: replays equal eager steps on the same masks (loss and every gradient),
+    masks differ between replays, the cache keeps its bound."""
+    args = [*ARGS, "-sdrop_backend", "cupy"]
+    eager, _ = build(*args, dtype=torch.float32)
+    graphed, opt = build(*args, dtype=torch.float32)
+    copy_weights(graphed, eager)
+    eager.cuda()
+    graphed.cuda()
+    runner = graphs.GraphedModel(graphed, capacity=1)
+    graphed.__dict__["_sdrop_graphs"] = runner
+    for i, data in enumerate(batches()):
+        data = [t.cuda() for t in data]
+        res = []
+        for m in (eager, graphed):
+            m.train()
+            m.zero_grad()
+            torch.manual_seed(100 + i)
+            loss, _ = loss_of(m, *data)
+            loss.backward()
+            res.append((loss.detach(), grads(m)))
+        torch.testing.assert_close(res[1][0], res[0][0], rtol=1e-4, atol=1e-4)
+        for k in res[0][1]:
+            torch.testing.assert_close(res[1][1][k], res[0][1][k], rtol=1e-3, atol=1e-4, msg=k)
+        assert len(runner.cache) <= 1
