@@ -116,3 +116,27 @@ def test_captured_graphs_equal_eager_on_a_gpu():
         for k in res[0][1]:
             torch.testing.assert_close(res[1][1][k], res[0][1][k], rtol=1e-3, atol=1e-4, msg=k)
         assert len(runner.cache) <= 1
+
+
+def test_a_failed_capture_falls_back_to_eager_with_one_line(caplog):
+    model, _ = build(*ARGS, "-sdrop_backend", "dense", dtype=torch.float32)
+    reference, _ = build(*ARGS, "-sdrop_backend", "dense", dtype=torch.float32)
+    copy_weights(reference, model)
+
+    def broken(module, args):
+        module(*args)   # the warm-up draws masks: the eager step after it must not notice
+        raise RuntimeError("operation not permitted when stream is capturing")
+
+    model.__dict__["_sdrop_graphs"] = graphs.GraphedModel(model, capture=broken)
+    data = batch(b=4, s=8, t=8)
+    logging.getLogger().addHandler(caplog.handler)
+    losses = []
+    with caplog.at_level(logging.INFO):
+        for m in (model, reference):
+            m.train()
+            torch.manual_seed(7)
+            losses.append(loss_of(m, *data)[0])
+    assert model.__dict__["_sdrop_graphs"] is None
+    torch.testing.assert_close(losses[0], losses[1])
+    lines = [r.getMessage() for r in caplog.records if "capture failed" in r.getMessage()]
+    assert len(lines) == 1 and "not permitted" in lines[0]

@@ -110,6 +110,10 @@ class EncoderDecoder(nn.Module):
         return dec_out, attns["std"], compact
 
 
+class CaptureFailed(RuntimeError):
+    """A bucket could not be captured; training goes on with eager steps."""
+
+
 class GraphedModel:
     """Encoder + decoder of ``model`` as CUDA graphs, one per (batch, source, target) shape."""
 
@@ -138,8 +142,12 @@ class GraphedModel:
         static = (src.clone(), tgt.clone(), src_len.clone())
         # warm-up and capture draw masks too: the step itself must draw what an eager step would
         rng = torch.get_rng_state()
-        fn = self.capture(module, static)
-        torch.set_rng_state(rng)
+        try:
+            fn = self.capture(module, static)
+        except Exception as exc:  # noqa: BLE001 - any failure: the caller goes on eagerly
+            raise CaptureFailed(f"{type(exc).__name__}: {exc}") from exc
+        finally:
+            torch.set_rng_state(rng)
         self.cache[key] = entry = (fn, module, masks, static)
         while len(self.cache) > self.capacity:
             self.cache.popitem(last=False)
@@ -203,7 +211,12 @@ def wrap_model_forward(inner):
         if graphs is None or not self.training or bptt or with_align \
                 or not torch.is_grad_enabled() or torch.is_autocast_enabled(src.device.type):
             return inner(self, src, tgt, src_len, bptt=bptt, with_align=with_align)
-        return graphs(src, tgt, src_len)
+        try:
+            return graphs(src, tgt, src_len)
+        except CaptureFailed as exc:
+            self.__dict__["_sdrop_graphs"] = None
+            logger.info(f"sdrop: CUDA graphs off, eager steps from now on: capture failed ({exc})")
+            return inner(self, src, tgt, src_len, bptt=bptt, with_align=with_align)
     return forward
 
 
