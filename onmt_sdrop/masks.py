@@ -71,8 +71,29 @@ class StepMask:
         return self.perm.device
 
     def to(self, device) -> "StepMask":
-        return StepMask(self.perm.to(device), self.offsets.to(device), self.counts.to(device),
-                        self.scale.to(device), self.size, self.kmax, self.windows)
+        """This mask on ``device``. From the host to a GPU it is ONE asynchronous copy from pinned
+        memory (:meth:`packed`): four pageable copies would each wait for the GPU to drain."""
+        device = torch.device(device)
+        if device.type != "cuda" or self.perm.device.type != "cpu":
+            return StepMask(self.perm.to(device), self.offsets.to(device), self.counts.to(device),
+                            self.scale.to(device), self.size, self.kmax, self.windows)
+        return self.unpacked(self.packed(pin=True).to(device, non_blocking=True))
+
+    def packed(self, pin: bool = False) -> torch.Tensor:
+        """perm, offsets, counts and the scale's float64 bits in one int64 host tensor."""
+        parts = (self.perm, self.offsets, self.counts, self.scale.double().view(torch.int64))
+        out = torch.empty(sum(t.numel() for t in parts), dtype=torch.int64, pin_memory=pin)
+        return torch.cat(parts, out=out)
+
+    def unpacked(self, buffer: torch.Tensor) -> "StepMask":
+        """A mask of this one's shape whose tensors are views of ``buffer`` (see :meth:`packed`);
+        writing a newly packed mask into ``buffer`` changes it in place (CUDA graphs do)."""
+        h, g = self.size, self.groups
+        m = StepMask(buffer[:h], buffer[h:h + g], buffer[h + g:h + 2 * g],
+                     buffer[h + 2 * g:h + 3 * g].view(torch.float64), self.size, self.kmax,
+                     self.windows)
+        m.buffer = buffer
+        return m
 
     def _cached(self, key, make):
         if key not in self._cache:

@@ -83,3 +83,20 @@ def test_reproducible_under_seed():
 def test_rate_out_of_range(p):
     with pytest.raises(ValueError, match=r"\[0, 1\)"):
         sample_step_mask(3, 10, p)
+
+
+def test_packed_mask_is_one_buffer_and_refills_in_place():
+    """Host -> GPU is one copy of one packed buffer (pinned, asynchronous); a mask unpacked from
+    a buffer is views of it, so writing a new packed mask into it is a new mask (CUDA graphs)."""
+    torch.manual_seed(0)
+    a, b = sample_step_mask(6, 20, 0.3), sample_step_mask(6, 20, 0.3)
+    view = a.unpacked(a.packed().clone())
+    for got, want in ((view.perm, a.perm), (view.offsets, a.offsets), (view.counts, a.counts)):
+        assert torch.equal(got, want)
+    torch.testing.assert_close(view.dense(torch.float64), a.dense(torch.float64))
+    view.buffer.copy_(b.packed())
+    assert torch.equal(view.perm, b.perm) and torch.equal(view.offsets, b.offsets)
+    # derived index tensors are cached per mask object: a fresh one over the buffer sees b
+    torch.testing.assert_close(view.unpacked(view.buffer).dense(torch.float64),
+                               b.dense(torch.float64))
+    assert not torch.equal(a.dense(), b.dense())

@@ -67,8 +67,8 @@ class StaticMasks:
     def __call__(self, steps, size, p, count, fixed, distinct, device) -> StepMask:
         args = (steps, size, p, count, fixed, distinct)
         if self.cursor is None:
-            static = sample_step_mask(steps, size, p, count=count, fixed=fixed,
-                                      distinct=distinct).to(device)
+            m = sample_step_mask(steps, size, p, count=count, fixed=fixed, distinct=distinct)
+            static = m.unpacked(m.packed().to(device))   # views of one buffer, refilled whole
             self.records.append((args, static))
             return static
         want, static = self.records[self.cursor]
@@ -81,9 +81,8 @@ class StaticMasks:
         """New masks, drawn on the host RNG in the order an eager step draws them."""
         for (steps, size, p, count, fixed, distinct), static in self.records:
             m = sample_step_mask(steps, size, p, count=count, fixed=fixed, distinct=distinct)
-            for dst, src in ((static.perm, m.perm), (static.offsets, m.offsets),
-                             (static.counts, m.counts), (static.scale, m.scale)):
-                dst.copy_(src)
+            # one asynchronous copy from pinned memory into the buffer the graph reads
+            static.buffer.copy_(m.packed(pin=static.buffer.is_cuda), non_blocking=True)
 
 
 class EncoderDecoder(nn.Module):
