@@ -128,29 +128,33 @@ def matmul_compact(x: torch.Tensor, ww: WindowedWeight, mask: StepMask) -> torch
 
 # ---------------------------------------------------------------- LSTM recurrence (dense W_hh, fused point-wise)
 
-def lstm_pointwise(gates: torch.Tensor, c_prev: torch.Tensor):
-    """Gate activations (order i, f, g, o as in ``nn.LSTM``), new cell and hidden state."""
+def lstm_pointwise(gates: torch.Tensor, c_prev: torch.Tensor, out=None):
+    """Gate activations (order i, f, g, o as in ``nn.LSTM``), new cell and hidden state; written
+    into ``out = (acts, c, h)`` if given (the sequence's saved buffers: no copy per step)."""
     h = c_prev.shape[-1]
-    acts = gates.sigmoid()
+    acts, c, hn = out or (torch.empty_like(gates), torch.empty_like(c_prev),
+                          torch.empty_like(c_prev))
+    torch.sigmoid(gates, out=acts)
     torch.tanh(gates[..., 2 * h:3 * h], out=acts[..., 2 * h:3 * h])
     i, f, g, o = acts.chunk(4, -1)
-    c = torch.addcmul(f * c_prev, i, g)
-    return acts, c, o * c.tanh()
+    torch.addcmul(f * c_prev, i, g, out=c)
+    torch.mul(o, c.tanh(), out=hn)
+    return acts, c, hn
 
 
-def lstm_pointwise_backward(acts, c_new, c_prev, dh, dc, d_out=None, valid=None, out=None):
+def lstm_pointwise_backward(acts, c_new, c_prev, dh, dc, d_out=None, valid=None):
     """Backward of :func:`lstm_pointwise` through one step under the length mask ``valid``.
 
     ``dh``, ``dc``: gradients w.r.t. the state after the step; ``d_out``: w.r.t. its output.
-    Returns (gate gradients, written into ``out`` if given; the part of ``dh`` that passes a
-    padded step unchanged, to which the caller adds ``dgates @ W_hh`` for h_{t-1}; dc_{t-1})."""
+    Returns (gate gradients; the part of ``dh`` that passes a padded step unchanged, to which the
+    caller adds ``dgates @ W_hh`` for h_{t-1}; dc_{t-1})."""
     dhn = dh if d_out is None else dh + d_out
     carry_h = carry_c = 0
     if valid is not None:
         v = valid.to(acts.dtype)
         carry_h, carry_c = (1 - v) * dh, (1 - v) * dc
         dhn, dc = v * dhn, v * dc
-    dgates, dc_prev = _gate_grads(acts, c_new.tanh(), c_prev, dhn, dc, out)
+    dgates, dc_prev = _gate_grads(acts, c_new.tanh(), c_prev, dhn, dc)
     return dgates, carry_h, dc_prev + carry_c
 
 
@@ -185,9 +189,8 @@ class _LSTMSequence(Function):
         acts = torch.empty_like(gx)
         hs[0], cs[0] = h0, c0
         for t in range(steps):
-            gates = torch.baddbmm(gx[t], hs[t], w_t)
-            a, cn, hn = lstm_pointwise(gates, cs[t])
-            acts[t], cs[t + 1], hs[t + 1] = a, cn, hn
+            lstm_pointwise(torch.baddbmm(gx[t], hs[t], w_t), cs[t],
+                           out=(acts[t], cs[t + 1], hs[t + 1]))
         ctx.save_for_backward(w_hh, acts, hs, cs)
         return hs[1:], cs[1:]
 
