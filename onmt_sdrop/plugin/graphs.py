@@ -30,6 +30,7 @@ from onmt.utils.logging import logger
 
 from ..masks import StepMask, sample_step_mask
 from ..nn import set_mask_source
+from ..ops import cupy_backend
 from .generator import GeneratorLink
 
 # "auto" (-sdrop_cuda_graphs -1) turns graphs on once tests/test_graphs.py's GPU tests have
@@ -74,8 +75,7 @@ class StaticMasks:
         want, static = self.records[self.cursor]
         assert want == args, f"the sites asked for other masks than recorded: {args} != {want}"
         self.cursor += 1
-        return StepMask(static.perm, static.offsets, static.counts, static.scale, static.size,
-                        static.kmax, static.windows)
+        return static.unpacked(static.buffer)   # a fresh object: its caches are made anew
 
     def refill(self) -> None:
         """New masks, drawn on the host RNG in the order an eager step draws them."""
@@ -173,8 +173,7 @@ def unsupported(opt, model) -> str | None:
         return "the model is not on a GPU"
     if config.count != "fixed" or config.pattern not in ("step", "fixed"):
         return "only -sdrop_count fixed with -sdrop_pattern step or fixed can be captured"
-    if config.mode == "compact" and getattr(config.ops(torch.device("cuda")), "__name__",
-                                            "").rsplit(".", 1)[-1] != "cupy_backend":
+    if config.mode == "compact" and config.ops(torch.device("cuda")) is not cupy_backend:
         return "the torch backend plans its GEMMs on the host (use the CUDA backend)"
     for flag, what in (("copy_attn", "-copy_attn"), ("coverage_attn", "-coverage_attn"),
                        ("lambda_align", "alignment"), ("truncated_decoder", "-truncated_decoder")):
