@@ -25,10 +25,12 @@ import sys
 from pathlib import Path
 
 import torch
-from torch.profiler import ProfilerActivity, profile
+from torch.profiler import ProfilerActivity, profile, record_function
 
 sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 import cpu_bench  # noqa: E402  (also installs the onmt hook)
+import kernel_emulator  # noqa: E402
 
 VARIANTS = {k: v for k, v in cpu_bench.VARIANTS.items() if k != "sdrop_compact_m4"}
 VARIANTS["sdrop_compact_cuda"] = VARIANTS["sdrop_compact"][:-1] + ["cupy"]
@@ -63,22 +65,10 @@ def count_ops(events) -> dict:
     return {"top_level": top, "all": len(aten), "launch_proxy": launch}
 
 
-def emulated_cuda_backend():
-    """Give -sdrop_backend cupy the emulated launches on this CPU, each marked as one launch."""
-    from torch.profiler import record_function
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-    import kernel_emulator
-
-    from onmt_sdrop.ops import cupy_backend, torch_backend
-    from onmt_sdrop.plugin import config
-
-    def launch(*args):
-        with record_function(LAUNCH):
-            kernel_emulator.launch(*args)
-
-    cupy_backend._launch = launch
-    config.get_ops = lambda name, device: cupy_backend if name == "cupy" else torch_backend
+def counted_launch(*args):
+    """An emulated CUDA-kernel launch, marked in the profile as the one launch it is on a GPU."""
+    with record_function(LAUNCH):
+        kernel_emulator.launch(*args)
 
 
 def step_counts(variants, *, hidden, layers, batch, vocab, dropout, mean_len=24, seed=0,
@@ -89,14 +79,11 @@ def step_counts(variants, *, hidden, layers, batch, vocab, dropout, mean_len=24,
     out = {"batch": {"sentences": batch, "src_steps": src.shape[1], "tgt_steps": tgt.shape[1] - 1,
                      "tgt_tokens": ntok}}
     for name, extra in variants.items():
-        if "cupy" in extra:
-            emulated_cuda_backend()
-            extra = [("torch" if a == "cupy" else a) for a in extra]
-        model = cpu_bench.build(common + extra, vocab, seed=1)
-        if name.endswith("_cuda"):
-            for mod in model.modules():
-                if hasattr(mod, "sdrop"):
-                    mod.sdrop.backend = "cupy"
+        cuda = "cupy" in extra     # built with the torch backend, then run on the emulated one
+        model = cpu_bench.build(common + [("torch" if a == "cupy" else a) for a in extra], vocab,
+                                seed=1)
+        if cuda:
+            kernel_emulator.use_cuda_backend([model], launch_with=counted_launch)
         optim = torch.optim.SGD(model.parameters(), lr=0.1)
         for _ in range(2):
             cpu_bench.train_step(model, optim, src, tgt, sl)

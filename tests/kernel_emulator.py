@@ -23,6 +23,22 @@ def launch(module: str, fn: str, grid, block, args) -> None:
         fn, tuple(grid), tuple(block), list(args))
 
 
+def use_cuda_backend(models, setattr_=setattr, launch_with=None) -> None:
+    """Run ``-sdrop_backend cupy`` on this CPU: every kernel launch through ``launch_with`` (by
+    default :func:`launch`), and ``models``, built with the torch backend (cupy is refused without
+    a GPU), switched to the CUDA backend. ``setattr_`` is ``monkeypatch.setattr`` in tests."""
+    from onmt_sdrop.ops import cupy_backend
+    from onmt_sdrop.plugin import config
+
+    setattr_(cupy_backend, "_launch", launch_with or launch)
+    setattr_(config, "get_ops",
+             lambda name, device: cupy_backend if name == "cupy" else torch_backend)
+    for model in models:
+        for mod in model.modules():
+            if hasattr(mod, "sdrop"):
+                mod.sdrop.backend = "cupy"
+
+
 def _memory(t: torch.Tensor, offset: int, shape, strides) -> torch.Tensor:
     """The (shape, strides) view a kernel reads at ``pointer + offset`` (elements), checked to
     stay inside the tensor's own memory."""

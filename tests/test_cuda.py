@@ -131,11 +131,7 @@ def test_full_model_cupy_equals_torch_backend(device, dw_kernel, monkeypatch):
         cuda, _ = build(*args, "-sdrop_backend", "cupy", dtype=torch.float32)
     else:   # -sdrop_backend cupy is refused without a GPU: hand the CPU model the CUDA backend
         cuda, _ = build(*args, "-sdrop_backend", "torch", dtype=torch.float32)
-        monkeypatch.setattr("onmt_sdrop.plugin.config.get_ops", lambda name, dev: (
-            cupy_backend if name == "cupy" else torch_backend))
-        for mod in cuda.modules():
-            if hasattr(mod, "sdrop"):
-                mod.sdrop.backend = "cupy"
+        kernel_emulator.use_cuda_backend([cuda], monkeypatch.setattr)
     copy_weights(cuda, ref)
     data = [t.to(device) for t in batch()]
     res = []

@@ -9,8 +9,9 @@ import logging
 import pytest
 import torch
 
+import kernel_emulator
 from conftest import SDROP_PAIR, batch, build, copy_weights, grads, loss_of
-from onmt_sdrop.ops import cupy_available, cupy_backend, torch_backend
+from onmt_sdrop.ops import cupy_available
 from onmt_sdrop.plugin import graphs
 
 ARGS = ["-layers", "2", "-hidden_size", "16", "-word_vec_size", "8", "-dropout", "0.3", *SDROP_PAIR]
@@ -20,17 +21,6 @@ def eager_capture(module, args):
     """Stand-in for make_graphed_callables: one warm-up run (it records the masks), then calls."""
     module(*args)
     return module
-
-
-def emulated_cuda(monkeypatch, model):
-    import kernel_emulator
-
-    monkeypatch.setattr(cupy_backend, "_launch", kernel_emulator.launch)
-    monkeypatch.setattr("onmt_sdrop.plugin.config.get_ops", lambda name, dev: (
-        cupy_backend if name == "cupy" else torch_backend))
-    for mod in model.modules():
-        if hasattr(mod, "sdrop"):
-            mod.sdrop.backend = "cupy"
 
 
 def batches():
@@ -46,8 +36,7 @@ def test_graph_steps_equal_eager_steps(backend, monkeypatch):
     eager, _ = build(*ARGS, *extra, dtype=torch.float32)
     graphed, _ = build(*ARGS, *extra, dtype=torch.float32)
     if backend != "dense":
-        emulated_cuda(monkeypatch, eager)
-        emulated_cuda(monkeypatch, graphed)
+        kernel_emulator.use_cuda_backend([eager, graphed], monkeypatch.setattr)
     copy_weights(graphed, eager)
     runner = graphs.GraphedModel(graphed, capacity=1, capture=eager_capture)
     assert_steps_equal(eager, graphed, runner, "cpu", rtol=1e-5, atol=1e-5)
