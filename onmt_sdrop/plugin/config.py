@@ -10,7 +10,6 @@ from ..ops import BACKENDS, check_backend, get_ops
 # -sdrop_backend: a kernel backend of onmt_sdrop.ops, or "dense", which is a mode (the masked
 # dense reference, no work skipped) that runs on the torch backend; SdropConfig splits the two
 BACKEND_CHOICES = BACKENDS + ("dense",)
-MODES = ("compact", "dense")
 
 SDROP_PARTS = {"encoder_type": ("sdrop_rnn", "sdrop_brnn"), "decoder_type": ("sdrop_rnn",)}
 # encoders whose final state an (sdrop) RNN decoder can start from: LSTM (h, c) per layer
@@ -67,18 +66,9 @@ def validate_sdrop_opts(opt, *, training: bool = True) -> None:
             raise SdropError(f"-dropout must be in [0, 1), got {p}")
     if opt.rnn_type != "LSTM":
         raise SdropError(f"the sdrop encoder/decoder support -rnn_type LSTM only, got {opt.rnn_type}")
-    pattern = getattr(opt, "sdrop_pattern", "step")
-    if pattern not in PATTERNS:
-        raise SdropError(f"-sdrop_pattern must be one of {', '.join(PATTERNS)}, got {pattern!r}")
-    count = getattr(opt, "sdrop_count", "fixed")
-    if count not in COUNTS:
-        raise SdropError(f"-sdrop_count must be one of {', '.join(COUNTS)}, got {count!r}")
-    masks = getattr(opt, "sdrop_step_masks", 0)
-    if masks < 0:
-        raise SdropError(f"-sdrop_step_masks must be >= 0, got {masks}")
-    SdropConfig.from_opt(opt)                       # backend and mode
+    config = SdropConfig.from_opt(opt)   # pattern, count, step masks, backend and mode
     check_sdrop_model(opt)
-    if training and pattern in COMPACT_PATTERNS and count == "fixed":
+    if training and config.pattern in COMPACT_PATTERNS and config.count == "fixed":
         check_kept_counts(opt, rates)
 
 
