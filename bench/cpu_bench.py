@@ -44,6 +44,21 @@ def build(args, vocab_size, seed):
     return model
 
 
+def model_args(*, hidden, layers, dropout):
+    """The benchmarks' model options, before a variant's own."""
+    return ["-layers", str(layers), "-hidden_size", str(hidden), "-word_vec_size", str(hidden),
+            "-dropout", str(dropout), "-global_attention", "general", "-input_feed", "1"]
+
+
+def build_variant(args, vocab_size, device="cpu"):
+    """A variant's model on ``device`` (seed 1), with CUDA graphs attached when its options ask
+    for them (graphs attach to a model on its device)."""
+    model = build(args, vocab_size, seed=1).to(device)
+    if "-sdrop_cuda_graphs" in args:
+        graphs.enable(model, model_opt(args))
+    return model
+
+
 def batches(n, batch, vocab, seed=0, mean_len=24, device="cpu"):
     """IWSLT-like batches: lengths around ``mean_len``; within a batch they are close, as after
     OpenNMT-py's length bucketing."""
@@ -82,13 +97,9 @@ def train_step(model, optim, src, tgt, src_len, amp=False):
 def measure(variants, *, hidden, layers, batch, vocab, dropout, steps, warmup, rnd,
             device="cpu", amp=False, log=print):
     """tgt tok/s of each variant (name -> extra options), same weights and batches, interleaved."""
-    common = ["-layers", str(layers), "-hidden_size", str(hidden), "-word_vec_size", str(hidden),
-              "-dropout", str(dropout), "-global_attention", "general", "-input_feed", "1"]
-    models = {name: build(common + extra, vocab, seed=1).to(device)
+    common = model_args(hidden=hidden, layers=layers, dropout=dropout)
+    models = {name: build_variant(common + extra, vocab, device)
               for name, extra in variants.items()}
-    for name, extra in variants.items():
-        if "-sdrop_cuda_graphs" in extra:   # graphs attach to a model on its device
-            graphs.enable(models[name], model_opt(common + extra))
     first = next(iter(models.values()))
     for m in list(models.values())[1:]:
         torch.nn.Module.load_state_dict(m, first.state_dict())

@@ -30,9 +30,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 import cpu_bench  # noqa: E402  (also installs the onmt hook)
 
-from onmt_sdrop.factory import model_opt  # noqa: E402
 from onmt_sdrop.masks import sample_step_mask  # noqa: E402
-from onmt_sdrop.plugin import graphs  # noqa: E402
 
 SIZES = {"default": dict(hidden=500, batch=64), "large": dict(hidden=1024, batch=256)}
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16}
@@ -145,15 +143,12 @@ def profile_steps(variants, *, device, amp, steps=3, **cfg):
     """{variant: (gpu kernel ms per step, launches per step, peak MB)} from the torch profiler."""
     from torch.profiler import ProfilerActivity, profile
 
-    common = ["-layers", str(cfg["layers"]), "-hidden_size", str(cfg["hidden"]), "-word_vec_size",
-              str(cfg["hidden"]), "-dropout", str(cfg["dropout"]), "-global_attention", "general",
-              "-input_feed", "1"]
+    common = cpu_bench.model_args(hidden=cfg["hidden"], layers=cfg["layers"],
+                                  dropout=cfg["dropout"])
     data = cpu_bench.batches(steps + 1, cfg["batch"], cfg["vocab"], device=device)
     out = {}
     for name, extra in variants.items():
-        model = cpu_bench.build(common + extra, cfg["vocab"], seed=1).to(device)
-        if "-sdrop_cuda_graphs" in extra:
-            graphs.enable(model, model_opt(common + extra))
+        model = cpu_bench.build_variant(common + extra, cfg["vocab"], device)
         optim = torch.optim.SGD(model.parameters(), lr=0.1)
         cpu_bench.train_step(model, optim, *data[0][:3], amp)   # warm-up (and capture)
         torch.cuda.synchronize()

@@ -73,15 +73,14 @@ def counted_launch(*args):
 
 def step_counts(variants, *, hidden, layers, batch, vocab, dropout, mean_len=24, seed=0,
                 log=print):
-    common = ["-layers", str(layers), "-hidden_size", str(hidden), "-word_vec_size", str(hidden),
-              "-dropout", str(dropout), "-global_attention", "general", "-input_feed", "1"]
+    common = cpu_bench.model_args(hidden=hidden, layers=layers, dropout=dropout)
     src, tgt, sl, ntok = cpu_bench.batches(1, batch, vocab, seed=seed, mean_len=mean_len)[0]
     out = {"batch": {"sentences": batch, "src_steps": src.shape[1], "tgt_steps": tgt.shape[1] - 1,
                      "tgt_tokens": ntok}}
     for name, extra in variants.items():
         cuda = "cupy" in extra     # built with the torch backend, then run on the emulated one
-        model = cpu_bench.build(common + [("torch" if a == "cupy" else a) for a in extra], vocab,
-                                seed=1)
+        model = cpu_bench.build_variant(common + [("torch" if a == "cupy" else a) for a in extra],
+                                        vocab)
         if cuda:
             kernel_emulator.use_cuda_backend([model], launch_with=counted_launch)
         optim = torch.optim.SGD(model.parameters(), lr=0.1)
