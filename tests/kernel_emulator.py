@@ -14,13 +14,75 @@ import torch
 
 from onmt_sdrop.ops import torch_backend
 
-TILE, GEMM_BLOCK = 32, (32, 4)
-DTYPES = {"f32": torch.float32, "f16": torch.float16}
+TILE, GEMM_BLOCK = 32, (32, 4, 1)
+# kernel name suffix -> input dtype ("tf32": float32 inputs rounded to TF32 by the tensor cores)
+DTYPES = {"f32": torch.float32, "f16": torch.float16, "bf16": torch.bfloat16,
+          "tf32": torch.float32}
+# the GEMM kernel families: (module, name prefixes) -> (output tile edge of a block, block shape)
+FAMILIES = {
+    ("grouped_gemm", ("grouped_gemm_", "window_dw_")): (TILE, GEMM_BLOCK),
+    ("gemm_fast", ("gemm_tiled_", "window_dw_tiled_")): (64, (16, 16, 1)),
+    ("gemm_fast", ("gemm_tc_", "window_dw_tc_")): (64, (128, 1, 1)),
+}
 
 
 def launch(module: str, fn: str, grid, block, args) -> None:
-    {"grouped_gemm": _grouped_gemm, "lstm_pointwise": _lstm_pointwise}[module](
-        fn, tuple(grid), tuple(block), list(args))
+    block = tuple(block) + (1,) * (3 - len(block))
+    {"grouped_gemm": _grouped_gemm, "gemm_fast": _grouped_gemm,
+     "lstm_pointwise": _lstm_pointwise}[module](module, fn, tuple(grid), block, list(args))
+
+
+def _family(module: str, fn: str):
+    """(tile, block, input dtype, tf32) of GEMM kernel ``fn`` of ``module``."""
+    prefix, suffix = fn.rsplit("_", 1)
+    base = prefix.replace("_acc", "") + "_"      # gemm_tc_acc_f16 -> gemm_tc_
+    for (mod, prefixes), (tile, block) in FAMILIES.items():
+        if mod == module and base in prefixes:
+            tc = "_tc_" in base
+            assert suffix in DTYPES and (suffix == "tf32") <= tc and (suffix != "f32" or not tc), \
+                f"{fn}: no such dtype for this family"
+            return tile, block, DTYPES[suffix], suffix == "tf32"
+    raise AssertionError(f"no kernel {fn} in kernels/{module}.cu")
+
+
+def _tf32(x: torch.Tensor) -> torch.Tensor:
+    """float32 rounded to TF32 (10 mantissa bits, to nearest, ties away: cvt.rna.tf32.f32)."""
+    i = x.float().contiguous().view(torch.int32)
+    return ((i + 0x1000) & -0x2000).view(torch.float32)
+
+
+def cublas_batched(ptrs, operands, *, transa, transb, m, n, k, lda, ldb, ldc, alpha=1.0,
+                   beta=0.0) -> None:
+    """Stand-in for ``cupy_backend._cublas_batched`` (cuBLAS sgemmBatched, column-major): maps
+    each device pointer back into the tensor it points into and checks what cuBLAS would need
+    (float32, leading dimensions, every matrix inside its tensor)."""
+    from onmt_sdrop.ops import cupy_backend as cb
+
+    a_p, b_p, c_p = ptrs
+    a, b, c = operands
+    assert a.dtype == b.dtype == c.dtype == torch.float32, (a.dtype, b.dtype, c.dtype)
+    for p in ptrs:
+        assert p.dtype == torch.int64 and p.is_contiguous() and p.device == c.device
+        assert p.numel() == a_p.numel()
+    assert transa in (cb.CUBLAS_OP_N, cb.CUBLAS_OP_T) and transb in (cb.CUBLAS_OP_N,
+                                                                     cb.CUBLAS_OP_T)
+    # cuBLAS's own argument checks: ld >= rows of the stored column-major matrix
+    assert lda >= max(1, m if transa == cb.CUBLAS_OP_N else k), (lda, m, k)
+    assert ldb >= max(1, k if transb == cb.CUBLAS_OP_N else n), (ldb, k, n)
+    assert ldc >= max(1, m), (ldc, m)
+
+    def view(t, ptr, shape, strides):
+        delta = int(ptr) - t.data_ptr()
+        assert delta % t.element_size() == 0, "pointer not on an element"
+        return _memory(t, delta // t.element_size(), shape, strides)
+
+    a_st = (1, lda) if transa == cb.CUBLAS_OP_N else (lda, 1)
+    b_st = (1, ldb) if transb == cb.CUBLAS_OP_N else (ldb, 1)
+    for i in range(a_p.numel()):
+        av = view(a, a_p[i], (m, k), a_st)
+        bv = view(b, b_p[i], (k, n), b_st)
+        cv = view(c, c_p[i], (m, n), (1, ldc))
+        cv.copy_(alpha * (av @ bv) + (beta * cv if beta else 0))
 
 
 def use_cuda_backend(models, setattr_=setattr, launch_with=None) -> None:
@@ -31,6 +93,7 @@ def use_cuda_backend(models, setattr_=setattr, launch_with=None) -> None:
     from onmt_sdrop.plugin import config
 
     setattr_(cupy_backend, "_launch", launch_with or launch)
+    setattr_(cupy_backend, "_cublas_batched", cublas_batched)
     setattr_(config, "get_ops",
              lambda name, device: cupy_backend if name == "cupy" else torch_backend)
     for model in models:
@@ -50,34 +113,36 @@ def _memory(t: torch.Tensor, offset: int, shape, strides) -> torch.Tensor:
     return t.as_strided(shape, strides, t.storage_offset() + offset)
 
 
-def _window_dw(fn, grid, block, args):
+def _window_dw(module, fn, grid, block, args):
     """dW[u, v] += sum_g Q[g][:, u - off[g]]^T P[g][:, v] for off[g] <= u < off[g] + cnt[g]."""
     q, p, dw, off, cnt, groups, rows, u_len, v_len, q_g, q_b, p_g, p_b, dw_u, dw_v = args
-    assert block == GEMM_BLOCK, block
-    dtype = DTYPES[fn.rsplit("_", 1)[1]]
+    tile, want_block, dtype, tf32 = _family(module, fn)
+    assert block == want_block, (fn, block)
     assert q.dtype == p.dtype == dtype and dw.dtype == torch.float32, (fn, q.dtype, dw.dtype)
     assert off.dtype == cnt.dtype == torch.int64 and off.is_contiguous() and cnt.is_contiguous()
     groups, rows, u_len, v_len = map(int, (groups, rows, u_len, v_len))
-    assert grid[0] * TILE >= v_len and grid[1] * TILE >= u_len and grid[2] == 1, \
+    assert grid[0] * tile >= v_len and grid[1] * tile >= u_len and grid[2] == 1, \
         f"grid {grid} misses dW ({u_len} x {v_len})"
+    rnd = _tf32 if tf32 else (lambda t: t.float())
     assert len(off) == len(cnt) == groups
     for g in range(groups):
         o, k = int(off[g]), int(cnt[g])
         if k == 0:
             continue
         assert o + k <= u_len, f"window [{o}, {o + k}) past the {u_len}-long window axis"
-        qv = _memory(q, g * int(q_g), (rows, k), (int(q_b), 1)).float()
-        pv = _memory(p, g * int(p_g), (rows, v_len), (int(p_b), 1)).float()
+        qv = rnd(_memory(q, g * int(q_g), (rows, k), (int(q_b), 1)))
+        pv = rnd(_memory(p, g * int(p_g), (rows, v_len), (int(p_b), 1)))
         _memory(dw, o * int(dw_u), (k, v_len), (int(dw_u), int(dw_v))).add_(qv.t() @ pv)
 
 
-def _grouped_gemm(fn, grid, block, args):
+def _grouped_gemm(module, fn, grid, block, args):
     if fn.startswith("window_dw_"):
-        return _window_dw(fn, grid, block, args)
+        return _window_dw(module, fn, grid, block, args)
     a, b, c, off, cnt, mode, m_full, n_full, k_full, *strides = args
-    assert block == GEMM_BLOCK, block
-    accumulate = fn.startswith("grouped_gemm_acc_")
-    dtype = DTYPES[fn.rsplit("_", 1)[1]]
+    tile, want_block, dtype, tf32 = _family(module, fn)
+    assert block == want_block, (fn, block)
+    accumulate = "_acc_" in fn
+    rnd = _tf32 if tf32 else (lambda t: t.float())
     assert a.dtype == b.dtype == dtype, (fn, a.dtype, b.dtype)
     assert c.dtype == (torch.float32 if accumulate else dtype), (fn, c.dtype)
     assert off.dtype == cnt.dtype == torch.int64 and off.is_contiguous() and cnt.is_contiguous()
@@ -89,11 +154,11 @@ def _grouped_gemm(fn, grid, block, args):
         m = k_g if mode & 1 else int(m_full)
         n = k_g if mode & 2 else int(n_full)
         k = k_g if mode & 4 else int(k_full)
-        assert m <= grid[1] * TILE and n <= grid[0] * TILE, f"grid {grid} misses C ({m} x {n})"
+        assert m <= grid[1] * tile and n <= grid[0] * tile, f"grid {grid} misses C ({m} x {n})"
         if m == 0 or n == 0 or k == 0:
             continue
-        av = _memory(a, g * a_g + o * a_o, (m, k), (a_rs, a_cs)).float()
-        bv = _memory(b, g * b_g + o * b_o, (k, n), (b_rs, b_cs)).float()
+        av = rnd(_memory(a, g * a_g + o * a_o, (m, k), (a_rs, a_cs)))
+        bv = rnd(_memory(b, g * b_g + o * b_o, (k, n), (b_rs, b_cs)))
         cv = _memory(c, g * c_g + o * c_o, (m, n), (c_rs, c_cs))
         if accumulate:
             cv += av @ bv
@@ -107,7 +172,7 @@ def _rows(t, rows: int, width: int, what: str) -> torch.Tensor:
     return _memory(t, 0, (rows, width), (width, 1))
 
 
-def _lstm_pointwise(fn, grid, block, args):
+def _lstm_pointwise(module, fn, grid, block, args):
     kind, suffix = fn.rsplit("_", 1)
     dtype = DTYPES[suffix]
     rows, h = int(args[-2]), int(args[-1])

@@ -22,7 +22,7 @@ NVCC = shutil.which("nvcc")
 
 
 def test_kernel_sources_exist():
-    assert {p.name for p in KERNELS} >= {"grouped_gemm.cu", "lstm_pointwise.cu"}
+    assert {p.name for p in KERNELS} >= {"grouped_gemm.cu", "gemm_fast.cu", "lstm_pointwise.cu"}
 
 
 @pytest.mark.skipif(NVCC is None, reason="nvcc is not installed on this machine")
@@ -46,6 +46,7 @@ def device(request, monkeypatch):
             pytest.skip("needs a CUDA GPU and CuPy")
         return "cuda"
     monkeypatch.setattr(cupy_backend, "_launch", kernel_emulator.launch)
+    monkeypatch.setattr(cupy_backend, "_cublas_batched", kernel_emulator.cublas_batched)
     return "cpu"
 
 
@@ -54,6 +55,32 @@ def dw_kernel(request, monkeypatch):
     """Every test runs with each weight-gradient kernel (atomicAdd grouped GEMM, window_dw)."""
     monkeypatch.setattr(cupy_backend, "DW_KERNEL", request.param)
     return request.param
+
+
+@pytest.fixture(params=cupy_backend.GEMM_KERNELS)
+def gemm_kernel(request, monkeypatch):
+    """... and each GEMM kernel family (simt, tiled, tensor, cublas)."""
+    monkeypatch.setattr(cupy_backend, "GEMM_KERNEL", request.param)
+    return request.param
+
+
+@pytest.fixture
+def launched(monkeypatch):
+    """The kernel names launched (and "cublas" for each sgemmBatched call), in order."""
+    names = []
+    launch, batched = cupy_backend._launch, cupy_backend._cublas_batched
+
+    def record(module, fn, grid, block, args):
+        names.append(fn)
+        launch(module, fn, grid, block, args)
+
+    def record_cublas(*args, **kwargs):
+        names.append("cublas")
+        batched(*args, **kwargs)
+
+    monkeypatch.setattr(cupy_backend, "_launch", record)
+    monkeypatch.setattr(cupy_backend, "_cublas_batched", record_cublas)
+    return names
 
 
 def _masks(size, groups):
@@ -66,11 +93,13 @@ def _masks(size, groups):
                    torch.tensor([1.0, 1.0, float(size)]), size, size)   # all kept, none, one
 
 
-@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-4), (torch.float16, 2e-2)])
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-4), (torch.float16, 2e-2),
+                                       (torch.bfloat16, 3e-2)])
 @pytest.mark.parametrize("size,out,b", [(37, 53, 5), (500, 2000, 64), (64, 10, 1)])
-def test_grouped_gemms_match_torch_backend(device, dw_kernel, dtype, tol, size, out, b):
-    """Consumer GEMM, dX and dW: CUDA kernels (fp32 or fp16 inputs, float accumulation) against
-    the torch backend in float32, on strided inputs and all-kept / none-kept groups."""
+def test_grouped_gemms_match_torch_backend(device, gemm_kernel, dw_kernel, dtype, tol, size, out,
+                                           b):
+    """Consumer GEMM, dX and dW: CUDA kernels (fp32, fp16 or bf16 inputs, float accumulation)
+    against the torch backend in float32, on strided inputs and all-kept / none-kept groups."""
     for m in _masks(size, 3 if size == 37 else 7):
         m = m.to(device)
         x = torch.randn(m.groups, b, size * 2, device=device).to(dtype)[..., ::2]  # strided
@@ -88,7 +117,7 @@ def test_grouped_gemms_match_torch_backend(device, dw_kernel, dtype, tol, size, 
 
 
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-4)])
-def test_producer_and_lstm_match_torch_backend(device, dw_kernel, dtype, tol):
+def test_producer_and_lstm_match_torch_backend(device, gemm_kernel, dw_kernel, dtype, tol):
     m = sample_step_mask(6, 33, 0.3).to(device)
     x = torch.randn(6, 4, 21, device=device, requires_grad=True)
     w = torch.randn(33, 21, device=device, requires_grad=True)
@@ -113,7 +142,7 @@ def test_producer_and_lstm_match_torch_backend(device, dw_kernel, dtype, tol):
         torch.testing.assert_close(a, r, rtol=tol, atol=tol)
 
 
-def test_autocast_matches_torch_backend(device, dw_kernel):
+def test_autocast_matches_torch_backend(device, gemm_kernel, dw_kernel):
     """Under AMP the CUDA backend runs its half kernels (float accumulation) and gives what the
     torch backend gives under AMP: half outputs, float32 gradients."""
     want_outs, want_grads = ops_under_autocast(torch_backend, device, amp=True)
@@ -123,7 +152,7 @@ def test_autocast_matches_torch_backend(device, dw_kernel):
         assert_close_scaled(got.float(), want.float(), 2e-2)
 
 
-def test_full_model_cupy_equals_torch_backend(device, dw_kernel, monkeypatch):
+def test_full_model_cupy_equals_torch_backend(device, gemm_kernel, dw_kernel, monkeypatch):
     args = ["-layers", "2", "-hidden_size", "64", "-word_vec_size", "32", "-encoder_type",
             "sdrop_brnn", "-decoder_type", "sdrop_rnn", "-dropout", "0.3"]
     ref, _ = build(*args, "-sdrop_backend", "torch", dtype=torch.float32)
@@ -144,3 +173,85 @@ def test_full_model_cupy_equals_torch_backend(device, dw_kernel, monkeypatch):
     torch.testing.assert_close(res[1][0], res[0][0], rtol=1e-4, atol=1e-4)
     for k in res[0][1]:
         torch.testing.assert_close(res[1][1][k], res[0][1][k], rtol=1e-3, atol=1e-4, msg=k)
+
+
+def _six_gemms(ops, m, dtype, device):
+    """Run consumer and producer forward + backward of backend ``ops``; return outputs, grads."""
+    torch.manual_seed(1)
+    xc = torch.randn(m.groups, 6, m.size, device=device).to(dtype).requires_grad_(True)
+    x = torch.randn(m.groups, 6, 19, device=device).to(dtype).requires_grad_(True)
+    w_c = torch.randn(23, m.size, device=device, requires_grad=True)
+    w_p = torch.randn(m.size, 19, device=device, requires_grad=True)
+    y_c = ops.compact_matmul(ops.gather(xc, m), ops.permute_weight(w_c, m, 1), m)
+    y_p = ops.matmul_compact(x, ops.permute_weight(w_p, m, 0), m)
+    loss = sum((y.float() * torch.linspace(-1, 1, y.numel(), device=device).view_as(y)).sum()
+               for y in (y_c, y_p))
+    return [y_c, y_p, *torch.autograd.grad(loss, (xc, x, w_c, w_p))]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("tf32", [False, True])
+def test_gemm_kernel_selection(device, gemm_kernel, dw_kernel, dtype, tf32, launched,
+                               monkeypatch):
+    """Which kernels each GEMM_KERNEL / DW_KERNEL runs (as the README's table says), and that the
+    result still equals the torch backend: fp32 stays true FP32 unless the user allows TF32;
+    cuBLAS takes fp32 forward and dX when every group keeps the same count."""
+    monkeypatch.setattr(cupy_backend, "tf32_allowed", lambda: tf32)
+    for count in ("fixed", "bernoulli"):
+        m = sample_step_mask(5, 40, 0.3, count=count).to(device)
+        equal = len({k for _, k in m.windows}) == 1
+        launched.clear()
+        got = _six_gemms(cupy_backend, m, dtype, device)
+        want = _six_gemms(torch_backend, m, torch.float32, device)
+        tol = 1e-4 if dtype == torch.float32 and not tf32 else 3e-2
+        for a, r in zip(got, want):
+            assert_close_scaled(a.float(), r.float(), tol)
+        suffix = cupy_backend.SUFFIXES[dtype]
+        family = {"simt": "grouped_gemm_", "tiled": "gemm_tiled_"}.get(gemm_kernel, "gemm_tc_")
+        if family == "gemm_tc_" and dtype == torch.float32:
+            family, suffix = ("gemm_tc_", "tf32") if tf32 else ("gemm_tiled_", suffix)
+        fwd_dx = [n for n in launched if "acc" not in n and not n.startswith("window_dw")]
+        dws = [n for n in launched if n not in fwd_dx]
+        if gemm_kernel == "cublas" and dtype == torch.float32 and equal:
+            assert fwd_dx == ["cublas"] * 4, launched
+        else:
+            assert fwd_dx == [family + suffix] * 4, launched
+        want_dw = family.replace("gemm_", "gemm_acc_") if family == "grouped_gemm_" else \
+            family + "acc_"
+        if dw_kernel == "tiles":
+            want_dw = {"grouped_gemm_": "window_dw_", "gemm_tiled_": "window_dw_tiled_",
+                       "gemm_tc_": "window_dw_tc_"}[family]
+        assert dws == [want_dw + suffix] * 2, launched
+
+
+def test_tf32_follows_torch():
+    """TF32 is off unless the user turns it on through torch (either API)."""
+    matmul = torch.backends.cuda.matmul
+    before = matmul.allow_tf32
+    try:
+        matmul.allow_tf32 = False
+        assert not cupy_backend.tf32_allowed()
+        matmul.allow_tf32 = True
+        assert cupy_backend.tf32_allowed()
+    finally:
+        matmul.allow_tf32 = before
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.bfloat16, 3e-2), (torch.float16, 2e-2)])
+def test_lstm_pointwise_half_types(device, dtype, tol):
+    """The fused LSTM step in fp16 and bf16 (float state gradients) against the torch backend in
+    float32."""
+    t, d, b, h = 5, 2, 3, 8
+    torch.manual_seed(2)
+    args = [torch.randn(t, d, b, 4 * h, device=device), torch.randn(d, 4 * h, h, device=device),
+            torch.randn(d, b, h, device=device), torch.randn(d, b, h, device=device)]
+    valid = torch.arange(t, device=device)[:, None] < torch.tensor([5, 2, 1], device=device)[None]
+    results = []
+    for ops, dt in ((torch_backend, torch.float32), (cupy_backend, dtype)):
+        leaves = [a.detach().to(dt).requires_grad_(True) for a in args]
+        o, hn, cn = ops.lstm_sequence(*leaves, valid)
+        assert o.dtype == dt
+        (o.float().sum() + (hn.float() * 2).sum() + cn.float().sum()).backward()
+        results.append([o, hn, cn] + [lf.grad for lf in leaves])
+    for a, r in zip(results[1], results[0]):
+        assert_close_scaled(a.float(), r.float(), tol)

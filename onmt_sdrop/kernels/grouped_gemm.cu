@@ -13,7 +13,8 @@
 //
 // All six are one tiled kernel, C_g = A_g * B_g with per-group extents and strides; the weight
 // gradients accumulate with atomicAdd because windows of different groups overlap. Inputs are
-// float or half (T), accumulation and weight gradients are float.
+// float, half or bfloat16 (T; bf16 is its raw bits, converted here without a header),
+// accumulation and weight gradients are float.
 //
 // window_dw is the atomic-free alternative for the two weight gradients: each block owns one
 // tile of dW on the extended window axis U (size + kmax long) and the other axis V, loops over
@@ -26,12 +27,23 @@
 #define TILE 32
 #define SUB 8   // each thread computes SUB outputs along the tile's rows
 
+struct bf16 { unsigned short bits; };   // bfloat16 as its raw bits
+
 template <typename T> __device__ __forceinline__ float to_f(T v);
 template <> __device__ __forceinline__ float to_f<float>(float v) { return v; }
 template <> __device__ __forceinline__ float to_f<__half>(__half v) { return __half2float(v); }
+template <> __device__ __forceinline__ float to_f<bf16>(bf16 v) {
+    return __uint_as_float(((unsigned int)v.bits) << 16);
+}
 template <typename T> __device__ __forceinline__ T from_f(float v);
 template <> __device__ __forceinline__ float from_f<float>(float v) { return v; }
 template <> __device__ __forceinline__ __half from_f<__half>(float v) { return __float2half(v); }
+template <> __device__ __forceinline__ bf16 from_f<bf16>(float v) {   // round to nearest even
+    unsigned int u = __float_as_uint(v);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return bf16{(unsigned short)0x7fc0};   // NaN
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return bf16{(unsigned short)(u >> 16)};
+}
 
 // Element (r, c) of a matrix given its base pointer and (row, column) strides in elements.
 struct View {
@@ -113,6 +125,10 @@ extern "C" __global__ void grouped_gemm_f16(const __half* A, const __half* B, __
                                             GROUPED_GEMM_ARGS) {
     grouped_gemm_tile<__half, __half, __half, false>(A, B, C, GROUPED_GEMM_PASS);
 }
+extern "C" __global__ void grouped_gemm_bf16(const bf16* A, const bf16* B, bf16* C,
+                                             GROUPED_GEMM_ARGS) {
+    grouped_gemm_tile<bf16, bf16, bf16, false>(A, B, C, GROUPED_GEMM_PASS);
+}
 // Weight gradients: float accumulation across the overlapping windows of all groups.
 extern "C" __global__ void grouped_gemm_acc_f32(const float* A, const float* B, float* C,
                                                 GROUPED_GEMM_ARGS) {
@@ -121,6 +137,10 @@ extern "C" __global__ void grouped_gemm_acc_f32(const float* A, const float* B, 
 extern "C" __global__ void grouped_gemm_acc_f16(const __half* A, const __half* B, float* C,
                                                 GROUPED_GEMM_ARGS) {
     grouped_gemm_tile<__half, __half, float, true>(A, B, C, GROUPED_GEMM_PASS);
+}
+extern "C" __global__ void grouped_gemm_acc_bf16(const bf16* A, const bf16* B, float* C,
+                                                 GROUPED_GEMM_ARGS) {
+    grouped_gemm_tile<bf16, bf16, float, true>(A, B, C, GROUPED_GEMM_PASS);
 }
 
 // Atomic-free weight gradient over windows (see the table at the top). Block (TILE, TILE/SUB):
@@ -184,4 +204,8 @@ extern "C" __global__ void window_dw_f32(const float* Q, const float* P, float* 
 extern "C" __global__ void window_dw_f16(const __half* Q, const __half* P, float* dW,
                                          WINDOW_DW_ARGS) {
     window_dw_tile<__half>(Q, P, dW, WINDOW_DW_PASS);
+}
+extern "C" __global__ void window_dw_bf16(const bf16* Q, const bf16* P, float* dW,
+                                          WINDOW_DW_ARGS) {
+    window_dw_tile<bf16>(Q, P, dW, WINDOW_DW_PASS);
 }

@@ -4,6 +4,7 @@
 // before this kernel) -> activations, c_t, h_t, masked by `valid` (padding keeps the state and
 // outputs zero). Saves the activations and the new cell for the backward kernel.
 // Backward: the BPTT point-wise part; dh_prev = dgates W_hh is again one cuBLAS GEMM per step.
+// Tensors are float, half or bfloat16 (_f32 / _f16 / _bf16), math in float; dh, dc are float.
 #include <cuda_fp16.h>
 
 __device__ __forceinline__ float sigm(float x) { return 1.f / (1.f + __expf(-x)); }
@@ -13,10 +14,19 @@ template <> __device__ __forceinline__ float ld<float>(const float* p, long long
 template <> __device__ __forceinline__ float ld<__half>(const __half* p, long long i) {
     return __half2float(p[i]);
 }
+struct bf16 { unsigned short bits; };   // bfloat16 as its raw bits (no header needed)
+template <> __device__ __forceinline__ float ld<bf16>(const bf16* p, long long i) {
+    return __uint_as_float(((unsigned int)p[i].bits) << 16);
+}
 template <typename T> __device__ __forceinline__ void st(T* p, long long i, float v);
 template <> __device__ __forceinline__ void st<float>(float* p, long long i, float v) { p[i] = v; }
 template <> __device__ __forceinline__ void st<__half>(__half* p, long long i, float v) {
     p[i] = __float2half(v);
+}
+template <> __device__ __forceinline__ void st<bf16>(bf16* p, long long i, float v) {
+    unsigned int u = __float_as_uint(v);   // round to nearest even, NaN stays NaN
+    u = ((u & 0x7fffffffu) > 0x7f800000u) ? 0x7fc00000u : u + 0x7fffu + ((u >> 16) & 1u);
+    p[i].bits = (unsigned short)(u >> 16);
 }
 
 // gates (R, 4h) with R = D*B rows; c_prev, h_prev (R, h); valid (R) or null.
@@ -84,4 +94,10 @@ extern "C" __global__ void lstm_bwd_f32(BWD_ARGS(float)) {
 }
 extern "C" __global__ void lstm_bwd_f16(BWD_ARGS(__half)) {
     lstm_bwd<__half>(acts, c_new, c_prev, valid, d_out, dh, dc, dgates, rows, h);
+}
+extern "C" __global__ void lstm_fwd_bf16(FWD_ARGS(bf16)) {
+    lstm_fwd<bf16>(gates, c_prev, h_prev, valid, acts, c_new, c_next, h_next, out, rows, h);
+}
+extern "C" __global__ void lstm_bwd_bf16(BWD_ARGS(bf16)) {
+    lstm_bwd<bf16>(acts, c_new, c_prev, valid, d_out, dh, dc, dgates, rows, h);
 }

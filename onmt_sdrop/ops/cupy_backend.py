@@ -5,12 +5,15 @@ GEMM is ONE launch for all groups (``grid.z`` = groups), reading its kept weight
 window of the weight permuted once per batch; weight gradients accumulate in float32. The
 recurrence keeps its dense ``h W_hh^T`` on cuBLAS (through torch) and fuses the point-wise LSTM
 math, forward and backward, into one kernel per step. Kernel sources: ``onmt_sdrop/kernels/*.cu``.
+Inputs may be float32, float16 or bfloat16. Which kernels run the grouped GEMMs is one switch,
+:data:`GEMM_KERNEL` (with :data:`DW_KERNEL` for the weight gradients), see below.
 """
 from __future__ import annotations
 
 import functools
 import sys
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -33,12 +36,15 @@ def _module(name: str):
     return cupy.RawModule(code=src, options=("--std=c++17",), name_expressions=None)
 
 
+SUFFIXES = {torch.float32: "f32", torch.float16: "f16", torch.bfloat16: "bf16"}
+
+
 def _suffix(dtype) -> str:
-    if dtype == torch.float32:
-        return "f32"
-    if dtype == torch.float16:
-        return "f16"
-    raise TypeError(f"the CUDA backend supports float32 and float16, not {dtype}")
+    try:
+        return SUFFIXES[dtype]
+    except KeyError:
+        raise TypeError(f"the CUDA backend supports float32, float16 and bfloat16, not {dtype}") \
+            from None
 
 
 def _stream():
@@ -64,20 +70,170 @@ def _windows(mask: StepMask, device):
         mask.counts.to(device=device, dtype=torch.long).contiguous()
 
 
+# ---------------------------------------------------------------- which GEMM kernel
+#
+# GEMM_KERNEL picks the kernels of the six grouped GEMMs (one switch for the whole backend):
+#   "simt"   kernels/grouped_gemm.cu: 32x32 SIMT tiles (passed its GPU tests on an H200).
+#   "tiled"  kernels/gemm_fast.cu gemm_tiled_*: true-FP32 SIMT, 64x64 block tiles, 4x4 outputs
+#            per thread, double-buffered shared memory, for every dtype.
+#   "tensor" kernels/gemm_fast.cu gemm_tc_*: fp16 / bf16 on the tensor cores (mma.sync, float
+#            accumulation), 64x64 tiles, double-buffered; fp32 uses TF32 tensor cores only when
+#            the user allowed TF32 (torch.backends.cuda.matmul.allow_tf32), else "tiled".
+#   "cublas" fp32 forward and dX with one kept count for all groups: cuBLAS sgemmBatched over
+#            pointer arrays built on the device from the mask's offsets (no host sync); every
+#            other case (fp16/bf16, weight gradients, varying counts) as "tensor".
+# DW_KERNEL picks the weight-gradient form: "atomic" = the chosen family's grouped GEMM
+# accumulating with atomicAdd; "tiles" = its window_dw (atomic-free and deterministic: each
+# block owns a dW tile and loops over the groups whose window meets it).
+# Only "simt" + "atomic" has run on a GPU; the others are compiled by nvcc and emulated in the
+# tests (tests/kernel_emulator.py); bench/gpu_check.sh tests and times all of them.
+GEMM_KERNELS = ("simt", "tiled", "tensor", "cublas")
+GEMM_KERNEL = "simt"
+DW_KERNELS = ("atomic", "tiles")
+DW_KERNEL = "atomic"
+
+
+class _Family(NamedTuple):
+    module: str
+    gemm: str      # kernel name prefixes; the dtype suffix follows
+    acc: str
+    window_dw: str
+    suffix: str
+    tile: int      # output tile edge of one block (rows and columns)
+    block: tuple
+
+
+_SIMT = ("grouped_gemm", "grouped_gemm_", "grouped_gemm_acc_", "window_dw_")
+_TILED = ("gemm_fast", "gemm_tiled_", "gemm_tiled_acc_", "window_dw_tiled_")
+_TENSOR = ("gemm_fast", "gemm_tc_", "gemm_tc_acc_", "window_dw_tc_")
+
+
+def tf32_allowed() -> bool:
+    """Whether the user let float32 matmuls use TF32 (torch leaves it off)."""
+    m = torch.backends.cuda.matmul
+    try:
+        return bool(m.allow_tf32)
+    except RuntimeError:   # torch refuses the legacy flag once the new API was used
+        return getattr(m, "fp32_precision", "") == "tf32"
+
+
+@functools.lru_cache(maxsize=None)
+def _has_tensor_cores(index) -> bool:
+    return torch.cuda.get_device_capability(index)[0] >= 8   # mma.sync m16n8k16 / tf32
+
+
+def _family(dtype, device, kernel=None) -> _Family:
+    """The kernels ``kernel`` (default GEMM_KERNEL) runs for inputs of ``dtype`` on ``device``."""
+    kernel = kernel or GEMM_KERNEL
+    if kernel not in GEMM_KERNELS:
+        raise ValueError(f"GEMM_KERNEL must be one of {GEMM_KERNELS}, got {kernel!r}")
+    suffix = _suffix(dtype)
+    if kernel in ("tensor", "cublas"):
+        capable = device.type != "cuda" or _has_tensor_cores(device.index)
+        if capable and dtype != torch.float32:
+            return _Family(*_TENSOR, suffix, 64, (128, 1, 1))
+        if capable and tf32_allowed():
+            return _Family(*_TENSOR, "tf32", 64, (128, 1, 1))
+        kernel = "tiled"
+    if kernel == "tiled":
+        return _Family(*_TILED, suffix, 64, (16, 16, 1))
+    return _Family(*_SIMT, suffix, TILE, (TILE, TILE // ROWS_PER_THREAD, 1))
+
+
 def _grouped_gemm(a, b, c, mask, *, mode, m, n, k, a_s, b_s, c_s, accumulate=False):
     """C_g (M x N) (+)= A_g (M x K) B_g (K x N) for every group g, in one launch.
 
     ``*_s`` = (group stride, window-offset stride, row stride, column stride) in elements;
     ``mode`` bits 1/2/4: M/N/K is the group's kept count (m/n/k give the maximum otherwise)."""
+    if GEMM_KERNEL == "cublas" and not accumulate and a.dtype == torch.float32 \
+            and _cublas_grouped(a, b, c, mask, mode=mode, m=m, n=n, k=k, a_s=a_s, b_s=b_s,
+                                c_s=c_s):
+        return
+    fam = _family(a.dtype, a.device)
     off, cnt = _windows(mask, a.device)
     kmax = mask.kmax
     rows = kmax if mode & 1 else m
     cols = kmax if mode & 2 else n
-    grid = ((cols + TILE - 1) // TILE, (rows + TILE - 1) // TILE, mask.groups)
-    name = ("grouped_gemm_acc_" if accumulate else "grouped_gemm_") + _suffix(a.dtype)
+    grid = (-(-cols // fam.tile), -(-rows // fam.tile), mask.groups)
+    name = (fam.acc if accumulate else fam.gemm) + fam.suffix
     args = [a, b, c, off, cnt, *map(np.int32, (mode, m, n, k)),
             *map(np.int64, (*a_s, *b_s, *c_s))]
-    _launch("grouped_gemm", name, grid, (TILE, TILE // ROWS_PER_THREAD), args)
+    _launch(fam.module, name, grid, fam.block, args)
+
+
+# ---------------------------------------------------------------- cuBLAS pointer arrays
+
+def _cublas_batched(ptrs, operands, *, transa, transb, m, n, k, lda, ldb, ldc, alpha=1.0,
+                    beta=0.0) -> None:
+    """cuBLAS ``sgemmBatched`` (column-major ``C_i = alpha op(A_i) op(B_i) + beta C_i``) on torch's
+    current stream; ``ptrs`` = (A, B, C) pointer arrays, int64 tensors on the device; ``operands``
+    = the tensors they point into (kept alive here; tests/kernel_emulator.py reads through the
+    pointers into them). The one place that calls cuBLAS through CuPy."""
+    import cupy
+    from cupy_backends.cuda.libs import cublas
+
+    del operands
+    a_p, b_p, c_p = ptrs
+    handle = cupy.cuda.device.get_cublas_handle()
+    al, be = np.array(alpha, np.float32), np.array(beta, np.float32)
+    math_mode, pointer_mode = cublas.getMathMode(handle), cublas.getPointerMode(handle)
+    try:
+        cublas.setMathMode(handle, CUBLAS_TF32_TENSOR_OP_MATH if tf32_allowed()
+                           else CUBLAS_DEFAULT_MATH)
+        cublas.setPointerMode(handle, CUBLAS_POINTER_MODE_HOST)
+        with _stream():   # CuPy sets the handle's stream to its current stream: torch's
+            cublas.sgemmBatched(handle, transa, transb, m, n, k, al.ctypes.data, a_p.data_ptr(),
+                                lda, b_p.data_ptr(), ldb, be.ctypes.data, c_p.data_ptr(), ldc,
+                                a_p.numel())
+    finally:
+        cublas.setPointerMode(handle, pointer_mode)
+        cublas.setMathMode(handle, math_mode)
+
+
+# cublas_api.h enum values
+CUBLAS_DEFAULT_MATH, CUBLAS_TF32_TENSOR_OP_MATH, CUBLAS_POINTER_MODE_HOST = 0, 3, 0
+CUBLAS_OP_N, CUBLAS_OP_T = 0, 1
+
+
+def _pointers(t: torch.Tensor, off: torch.Tensor, g_stride: int, o_stride: int) -> torch.Tensor:
+    """Device addresses ``t + g * g_stride + off[g] * o_stride`` (elements), int64, on the device."""
+    size = t.element_size()
+    g = torch.arange(off.numel(), device=off.device, dtype=torch.long)
+    return (off * (o_stride * size) + g * (g_stride * size)) + t.data_ptr()
+
+
+def _cublas_grouped(a, b, c, mask, *, mode, m, n, k, a_s, b_s, c_s) -> bool:
+    """The grouped GEMM as one sgemmBatched when every group keeps the same number of units (then
+    every group has the same M, N, K and only base pointers differ); False (nothing done) when it
+    does not apply: counts differ or are zero, or a layout cuBLAS cannot express."""
+    counts = {cnt for _, cnt in mask.windows}   # host-side windows: no device read
+    if len(counts) != 1 or 0 in counts:
+        return False
+    kk = counts.pop()
+    M, N, K = (kk if mode & 1 else m), (kk if mode & 2 else n), (kk if mode & 4 else k)
+    a_g, a_o, a_rs, a_cs = a_s
+    b_g, b_o, b_rs, b_cs = b_s
+    c_g, c_o, c_rs, c_cs = c_s
+    # row-major C (M x N) = A B is column-major C^T (N x M) = B^T A^T
+    if c_cs != 1 or c_rs < max(1, N):
+        return False
+    if b_cs == 1 and b_rs >= max(1, N):
+        transa, lda = CUBLAS_OP_N, b_rs          # B^T stored column-major (N x K)
+    elif b_rs == 1 and b_cs >= max(1, K):
+        transa, lda = CUBLAS_OP_T, b_cs          # B stored column-major (K x N)
+    else:
+        return False
+    if a_cs == 1 and a_rs >= max(1, K):
+        transb, ldb = CUBLAS_OP_N, a_rs          # A^T stored column-major (K x M)
+    elif a_rs == 1 and a_cs >= max(1, M):
+        transb, ldb = CUBLAS_OP_T, a_cs          # A stored column-major (M x K)
+    else:
+        return False
+    off, _ = _windows(mask, a.device)
+    ptrs = (_pointers(b, off, b_g, b_o), _pointers(a, off, a_g, a_o), _pointers(c, off, c_g, c_o))
+    _cublas_batched(ptrs, (b, a, c), transa=transa, transb=transb, m=N, n=M, k=K, lda=lda,
+                    ldb=ldb, ldc=c_rs)
+    return True
 
 
 # The six grouped GEMMs of kernels/grouped_gemm.cu's table, each ONE launch for all groups.
@@ -104,24 +260,16 @@ def consumer_dx(dy, w, mask: StepMask):
     return dxc
 
 
-# The weight gradients' kernel: "atomic" = the grouped GEMM accumulating with atomicAdd (passed
-# its GPU tests on an H200); "tiles" = window_dw, atomic-free and deterministic (each block owns a
-# dW tile and loops over the groups whose window meets it): compiled by nvcc and emulated in the
-# tests, not yet run on a GPU. bench/gpu_check.sh tests and times both.
-DW_KERNELS = ("atomic", "tiles")
-DW_KERNEL = "atomic"
-
-
 def _window_dw(q, p, dw, mask, *, u_len, v_len, dw_u, dw_v):
     """dW[u, v] += sum_g Q[g][:, u - off[g]]^T P[g][:, v] over each group's window, one launch."""
     q, p = q.contiguous(), p.contiguous()
+    fam = _family(q.dtype, q.device)
     off, cnt = _windows(mask, q.device)
     groups, rows = q.shape[0], q.shape[1]
-    grid = ((v_len + TILE - 1) // TILE, (u_len + TILE - 1) // TILE, 1)
+    grid = (-(-v_len // fam.tile), -(-u_len // fam.tile), 1)
     args = [q, p, dw, off, cnt, *map(np.int32, (groups, rows, u_len, v_len)),
             *map(np.int64, (q.stride(0), q.stride(1), p.stride(0), p.stride(1), dw_u, dw_v))]
-    _launch("grouped_gemm", "window_dw_" + _suffix(q.dtype), grid, (TILE, TILE // ROWS_PER_THREAD),
-            args)
+    _launch(fam.module, fam.window_dw + fam.suffix, grid, fam.block, args)
 
 
 def consumer_dw(dy, xc, mask: StepMask, dw) -> None:
