@@ -345,10 +345,12 @@ def kernel_summary(prof, cuda: bool) -> dict:
             out["memcpy_htod"] += ev.count
         if key.startswith("aten::"):
             out["aten_ops"] += ev.count
-            if key in ("aten::_local_scalar_dense", "aten::item"):
-                out["aten_scalar_reads"] += ev.count if key == "aten::_local_scalar_dense" else 0
-        device_us += getattr(ev, "self_device_time_total", None) or \
-            getattr(ev, "self_cuda_time_total", 0) or 0
+            if key == "aten::_local_scalar_dense":
+                out["aten_scalar_reads"] += ev.count
+        if str(getattr(ev, "device_type", "")).endswith("CUDA"):   # the kernels themselves
+            out["gpu_kernels"] += ev.count
+            device_us += getattr(ev, "self_device_time_total", None) or \
+                getattr(ev, "self_cuda_time_total", 0) or 0
     if cuda:
         out["gpu_kernel_ms"] = round(device_us / 1000, 3)
     return dict(out)
@@ -448,10 +450,15 @@ def summarise(rec: Recorder, plan: dict) -> dict:
         rows = [{"phase": ph, "what": what, "where": where, "per_step": round(c / cen, 2),
                  **{"note": note for f, note in HOST_READS.items() if where.startswith(f)}}
                 for (ph, what, where), c in sorted(rec.census.items())]
+        for r in rows:
+            # on a GPU a value read of a host tensor is no sync; on a CPU everything is a host
+            # tensor, and the reads that are not host reads by design stand for device reads
+            r["sync"] = "note" not in r and not (rec.cuda and r["what"].endswith(" on cpu"))
         out["syncs"] = rows
         out["syncs_per_step_by_phase"] = {
-            ph: round(sum(r["per_step"] for r in rows if r["phase"] == ph), 2)
-            for ph in PHASES if any(r["phase"] == ph for r in rows)}
+            ph: round(sum(r["per_step"] for r in rows if r["phase"] == ph and r["sync"]), 2)
+            for ph in PHASES if any(r["phase"] == ph and r["sync"] for r in rows)}
+        out["host_reads_per_step"] = round(sum(r["per_step"] for r in rows if not r["sync"]), 2)
     if rec.kernel_stats is not None and plan.get("kernels"):
         k = plan["kernels"]
         out["profiler_per_step"] = {key: round(v / k, 2) for key, v in rec.kernel_stats.items()}
@@ -733,8 +740,8 @@ def table(result) -> str:
                      f"{r.get('bare_tok_s', float('nan')):>11.0f}  " +
                      " ".join(f"{ph.get(p, float('nan')):>9.1f}" for p in PHASES) +
                      f"   {syncs:g}")
-    lines.append("phases: ms per step; syncs: value reads and blocking copies per step "
-                 "(census step)")
+    lines.append("phases: ms per step; syncs/step: device value reads and blocking copies "
+                 "(census step; host reads by design left out)")
     return "\n".join(lines)
 
 

@@ -11,6 +11,15 @@
 #   device:  run(command="bash recipes/gpu_check.sh", carry=[".whl", "recipes/work/gpu-data"],
 #                timeout_s=540)
 #   CPU:     bash recipes/gpu_check.sh --dry-run            (tiny model on the bundled sample; tests)
+#   trainer: run(command="bash recipes/gpu_check.sh --trainer-profile", carry=[".whl",
+#                "recipes/work/gpu-data"], timeout_s=300): ONLY bench/trainer_profile.py, where a real
+#            onmt_train step's time goes (data, forward, loss, stats, backward, optimizer) for
+#            stock, sdrop and sdrop with CUDA graphs, -num_workers 0 and 2, the bare loop beside it
+#            (~3-4 min estimated, capped at TOTAL_S, default 270 s); writes
+#            $OUT/trainer-gpu-<date>.json after each variant (OUT default bench/results).
+#            (a bit much beside the 8-minute run in one session's 15 device minutes: STEPS=10
+#            and TOTAL_S=150 fit what is left). --trainer-profile --dry-run: the same on the CPU
+#            with a tiny model (tests/test_trainer_profile.py)
 #
 # Writes under $OUT (default recipes/results/multi30k-ende-gpu) after each stage: device.txt,
 # seed1/ and seed2/ (report.md, summary.json, PNGs, evidence/), budget/, and report.md +
@@ -28,16 +37,51 @@ root=$(dirname "$here")
 cd "$root"
 t0=$(date +%s)
 mode=gpu
-case "${1:-}" in
-  -h|--help) sed -n '2,22s/^# \{0,1\}//p' "$0"; exit 0 ;;
-  --stage-data)
-    mkdir -p recipes/work/gpu-data
-    cp "${MULTI30K_ENDE_RAW:-$root/../shared/data/multi30k-ende}"/{train,valid,test2016}.{en,de}.xz \
-      recipes/work/gpu-data/ && ls -la recipes/work/gpu-data; exit $? ;;
-  --dry-run) mode=dry ;;
-  "") ;;
-  *) echo "gpu_check.sh: error: unknown option $1 (--help)" >&2; exit 2 ;;
-esac
+stage=recipe
+for arg in "$@"; do
+  case "$arg" in
+    -h|--help) sed -n '2,31s/^# \{0,1\}//p' "$0"; exit 0 ;;
+    --stage-data)
+      mkdir -p recipes/work/gpu-data
+      cp "${MULTI30K_ENDE_RAW:-$root/../shared/data/multi30k-ende}"/{train,valid,test2016}.{en,de}.xz \
+        recipes/work/gpu-data/ && ls -la recipes/work/gpu-data; exit $? ;;
+    --dry-run) mode=dry ;;
+    --trainer-profile) stage=trainer ;;
+    *) echo "gpu_check.sh: error: unknown option $arg (--help)" >&2; exit 2 ;;
+  esac
+done
+
+if [ "$stage" = trainer ]; then
+  # where a real onmt_train step's time goes (issue 11): bench/trainer_profile.py only
+  export PYTHONUNBUFFERED=1 PYTHONWARNINGS=ignore
+  py=python3
+  if [ "$mode" = gpu ]; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl \
+      || { echo "gpu_check.sh: error: no wheels in .whl/ (../shared/tools/gpu-wheels.sh)" >&2; exit 1; }
+    export PYTHONPATH=/tmp/site:$PWD
+    OUT=${OUT:-bench/results}
+    data=(--data data/iwslt14-sample)
+    [ -e recipes/work/gpu-data/train.en.xz ] && data=(--data recipes/work/gpu-data --langs en,de)
+    set -- --gpu "${data[@]}" --variants stock,sdrop,sdrop_graphs --num-workers 0,2 \
+      --steps "${STEPS:-30}" --profile-steps 20 --kernels 3 --bare-steps 20 \
+      --out "$OUT" --note "recipes/gpu_check.sh --trainer-profile"
+  else
+    [ -x .venv/bin/python ] && py=.venv/bin/python
+    OUT=${OUT:-$(mktemp -d)}
+    set -- --dry-run --variants stock,sdrop --bare-steps 1 --out "$OUT/trainer-dry-run.json"
+  fi
+  mkdir -p "$OUT"
+  { date -u; nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv 2>/dev/null \
+      || echo "no GPU ($mode run)"; } | tee "$OUT/trainer-device.txt"
+  timeout --signal=INT --kill-after=10 "${TOTAL_S:-270}" "$py" bench/trainer_profile.py "$@" \
+    > "$OUT/trainer-profile.log" 2>&1
+  rc=$?
+  # the variants' lines and the table (the log also has OpenNMT-py's own output)
+  grep -E "^(===|    [a-z_]+(/nw[0-9]+)?: |    bare loop)|[Ee]rror" "$OUT/trainer-profile.log"
+  grep -B1 -A12 "^variant " "$OUT/trainer-profile.log"
+  echo "=== trainer profile done (status $rc); results in $OUT ==="
+  exit "$rc"
+fi
 
 if [ "$mode" = gpu ]; then
   OUT=${OUT:-recipes/results/multi30k-ende-gpu}

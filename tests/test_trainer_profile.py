@@ -205,20 +205,17 @@ def _active_modes():
 # ---------------------------------------------------------------------------------------------
 # bench/trainer_profile.py
 
-SCRIPT = ROOT / "bench" / "trainer_profile.py"
+def test_trainer_profile_dry_run_through_gpu_check(tmp_path):
+    """recipes/gpu_check.sh --trainer-profile --dry-run: the GPU stage's own command on the CPU
+    (bench/trainer_profile.py --dry-run: tiny model, stock and sdrop, the bare loop)."""
+    import os
 
-
-def _run(*args, timeout=120):
-    return subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True,
-                          timeout=timeout, cwd=ROOT,
-                          env={**__import__("os").environ, "PYTHONWARNINGS": "ignore",
-                               "OMP_NUM_THREADS": "1"})
-
-
-def test_trainer_profile_dry_run(tmp_path):
-    out = tmp_path / "t.json"
-    proc = _run("--dry-run", "--variants", "stock,sdrop", "--bare-steps", "1", "--out", str(out))
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = subprocess.run(["bash", str(ROOT / "recipes" / "gpu_check.sh"), "--trainer-profile",
+                           "--dry-run"], capture_output=True, text=True, timeout=300, cwd=ROOT,
+                          env={**os.environ, "OUT": str(tmp_path), "OMP_NUM_THREADS": "1",
+                               "PYTHONWARNINGS": "ignore"})
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+    out = tmp_path / "trainer-dry-run.json"
     result = json.loads(out.read_text())
     assert "not a measurement" in result["device"] and result["torch"] == torch.__version__
     assert [r["variant"] for r in result["variants"]] == ["stock", "sdrop"]
@@ -238,8 +235,13 @@ def test_trainer_profile_dry_run(tmp_path):
     sdrop_reads = {s["where"].split(":")[0] for s in result["variants"][1]["syncs"]
                    if s["phase"] == "forward"}
     assert sdrop_reads <= {"onmt_sdrop/masks.py"}
-    assert "stock" in result["stock_trainer_syncs"].lower() or result["stock_trainer_syncs"]
-    assert "sdrop" in proc.stdout and "wrote" in proc.stdout
+    stock, sdrop = (r["syncs_per_step_by_phase"] for r in result["variants"])
+    assert "forward" in stock                  # the stock encoder reads the lengths back
+    assert "forward" not in sdrop and "backward" not in sdrop
+    assert {"loss", "stats", "rest"} <= set(sdrop)   # OpenNMT-py's own, in both
+    assert "loss.sum().item()" in result["stock_trainer_syncs"]
+    assert "trainer profile done (status 0)" in proc.stdout and "\nsdrop " in proc.stdout
+    assert (tmp_path / "trainer-profile.log").exists()
 
 
 @pytest.mark.parametrize("args, message", [
