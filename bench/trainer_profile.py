@@ -123,9 +123,11 @@ def _langs(data: Path, langs: str | None) -> tuple[str, str]:
     return found[0], found[1]
 
 
-def prepare_data(data: Path, langs, lines: int | None, vocab: int, work: Path) -> dict:
-    """Training files (first ``lines`` pairs) and word vocabularies of the ``vocab`` most
-    frequent words per side in ``work``; returns paths and sizes."""
+def prepare_data(data: Path, langs, lines: int | None, vocab: int, work: Path,
+                 valid_lines: int | None = None) -> dict:
+    """Training files (first ``lines`` pairs), the validation files when the folder has them,
+    and word vocabularies of the ``vocab`` most frequent words per side in ``work``; returns
+    paths and sizes."""
     if not data.is_dir():
         raise Usage(f"--data {data}: no such folder")
     src, tgt = _langs(data, langs)
@@ -150,10 +152,21 @@ def prepare_data(data: Path, langs, lines: int | None, vocab: int, work: Path) -
         out[f"{side}_vocab"] = len(top) + 4     # OpenNMT-py adds <unk> <blank> <s> </s>
         out[f"{side}_tokens_per_line"] = round(sum(len(x.split()) for x in text) / len(text), 1)
     out["pairs"] = len(keep)
-    (work / "data.yaml").write_text(
-        f"src_vocab: {work}/vocab.src\ntgt_vocab: {work}/vocab.tgt\n"
-        f"src_vocab_size: {vocab + 4}\ntgt_vocab_size: {vocab + 4}\n"
-        f"data:\n  corpus_1:\n    path_src: {work}/train.src\n    path_tgt: {work}/train.tgt\n")
+    config = (f"src_vocab: {work}/vocab.src\ntgt_vocab: {work}/vocab.tgt\n"
+              f"src_vocab_size: {vocab + 4}\ntgt_vocab_size: {vocab + 4}\n"
+              f"data:\n  corpus_1:\n    path_src: {work}/train.src\n"
+              f"    path_tgt: {work}/train.tgt\n")
+    try:   # one validation at the end of each run: its cost with -num_workers 0 and > 0
+        valid = [_read(data / f"valid.{lang}")[:valid_lines] for lang in (src, tgt)]
+    except Usage:
+        valid = None
+    if valid and len(valid[0]) == len(valid[1]):
+        for side, text in zip(("src", "tgt"), valid):
+            (work / f"valid.{side}").write_text("\n".join(text) + "\n", encoding="utf-8")
+        config += (f"  valid:\n    path_src: {work}/valid.src\n"
+                   f"    path_tgt: {work}/valid.tgt\n")
+        out["valid_pairs"] = len(valid[0])
+    (work / "data.yaml").write_text(config)
     return out
 
 
@@ -177,6 +190,7 @@ class Recorder:
         self._prof = None
         self.kernel_stats = None
         self.graph_keys: set = set()
+        self.valid_s: list = []
 
     def _mode_of(self, step: int) -> str:
         for name, n in self.plan:
@@ -388,6 +402,18 @@ def run_variant(name: str, opts: list, rec: Recorder) -> None:
         trainer.train_loss._stats = rec.wrap("stats", trainer.train_loss._stats)
         trainer.optim.backward = rec.wrap("backward", trainer.optim.backward)
         trainer.optim.step = rec.wrap("optimizer", trainer.optim.step)
+        validate = trainer.validate
+
+        def timed_validate(*args, **kwargs):
+            rec._sync()
+            t0 = time.perf_counter()
+            try:
+                return validate(*args, **kwargs)
+            finally:
+                rec._sync()
+                rec.valid_s.append(time.perf_counter() - t0)
+
+        trainer.validate = timed_validate
         train = trainer.train
 
         def timed_train(train_iter, *args, **kwargs):
@@ -464,6 +490,8 @@ def summarise(rec: Recorder, plan: dict) -> dict:
         out["profiler_per_step"] = {key: round(v / k, 2) for key, v in rec.kernel_stats.items()}
     if rec.graph_keys:
         out["graph_buckets_seen"] = len(rec.graph_keys)
+    if rec.valid_s:
+        out["validation_s"] = round(rec.valid_s[0], 2)
     return out
 
 
@@ -492,7 +520,8 @@ def parse(argv):
     ap.add_argument("--steps", type=int, default=20, help="timed steps per variant (tok/s)")
     ap.add_argument("--warmup", type=int, default=None, help="default 10 on a GPU, 3 on a CPU")
     ap.add_argument("--profile-steps", type=int, default=None,
-                    help="GPU: steps synchronised at phase boundaries (default 20)")
+                    help="steps synchronised at phase boundaries (default 20 on a GPU, 0 on a CPU, "
+                         "where the timed steps are phase-timed already)")
     ap.add_argument("--census-steps", type=int, default=1, help="steps of the sync census")
     ap.add_argument("--kernels", type=int, default=None,
                     help="steps under torch.profiler (default 3 on a GPU, 0 on a CPU)")
@@ -502,6 +531,8 @@ def parse(argv):
     ap.add_argument("--num-workers", default=None,
                     help="comma-separated -num_workers values, each variant runs with each "
                          "(default: the profile's)")
+    ap.add_argument("--repeat", type=int, default=1,
+                    help="run the variants this many times, in turn (a shared machine's noise)")
     ap.add_argument("--profile", default="gpu-short", help="recipe profile (catalogue.py)")
     ap.add_argument("--batch", type=int, default=None, help="-batch_size (default: the profile's)")
     ap.add_argument("--data", default=str(ROOT / "data" / "iwslt14-sample"),
@@ -524,7 +555,7 @@ def parse(argv):
 
 
 def check(args) -> None:
-    for opt in ("steps",):
+    for opt in ("steps", "repeat"):
         if getattr(args, opt) < 1:
             raise Usage(f"--{opt} must be >= 1, got {getattr(args, opt)}")
     for opt in ("warmup", "profile_steps", "census_steps", "kernels", "bare_steps", "lines",
@@ -590,7 +621,7 @@ def _main(args, MODELS, profile) -> int:
     warmup = args.warmup if args.warmup is not None else (1 if dry else 10 if gpu else 3)
     steps = 2 if dry else args.steps
     plan = {"warmup": warmup, "throughput": steps,
-            "profile": (args.profile_steps if args.profile_steps is not None else 20) if gpu
+            "profile": args.profile_steps if args.profile_steps is not None else 20 if gpu
             else 0,
             "census": args.census_steps,
             "kernels": args.kernels if args.kernels is not None else (3 if gpu else 1 if dry
@@ -621,7 +652,8 @@ def _main(args, MODELS, profile) -> int:
     path = out if out.suffix == ".json" else out / f"{kind}-{'gpu' if gpu else 'cpu'}-{date}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="trainer-profile-"))
-    data = prepare_data(Path(args.data), args.langs, 200 if dry else args.lines, args.vocab, work)
+    data = prepare_data(Path(args.data), args.langs, 200 if dry else args.lines, args.vocab, work,
+                        40 if dry else None)
     result = {
         "what": "OpenNMT-py's own trainer (onmt.bin.train.main, in-process, with the onmt_sdrop "
                 "hook), each step's wall time split into phases; bench/cpu_bench.py's bare loop "
@@ -633,6 +665,7 @@ def _main(args, MODELS, profile) -> int:
         "command": "python bench/trainer_profile.py " + " ".join(args.argv),
         "config": {"profile": args.profile, "train_args": train_args, "extra": extra,
                    "data": data, "plan_steps": plan, "bare_steps": bare_steps,
+                   "repeat": args.repeat,
                    "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None},
         "phases": {"data": "waiting for the next batch (train iterator __next__)",
                    "forward": "NMTModel.forward (encoder + decoder)",
@@ -641,6 +674,9 @@ def _main(args, MODELS, profile) -> int:
                    "backward": "Optimizer.backward", "optimizer": "Optimizer.step",
                    "rest": "the rest of the step: zero_grad, src_len.sum().item(), Statistics, "
                            "the -report_every report, _accum_batches"},
+        "validation_s": "one Trainer.validate over the valid split after the last step "
+                        "(with -num_workers > 0 OpenNMT-py 3.5.1 starts fresh DataLoader "
+                        "workers for every validation: compare the rows of -num_workers 0 and 2)",
         "stock_trainer_syncs": STOCK_SYNC_NOTE,
         "variants": [],
     }
@@ -652,38 +688,49 @@ def _main(args, MODELS, profile) -> int:
              ("profile", plan["profile"]), ("census", plan["census"]),
              ("kernels", plan["kernels"])]
     total = sum(n for _, n in order) + 1      # + 1: the last window's step ends at the next
-    for nw in nws:
-        for name in names:
-            model, vextra = VARIANTS[name]
-            opts = ["-config", str(work / "data.yaml"), "-save_model", str(work / "model"),
-                    *train_args, "-num_workers", str(nw), "-train_steps", str(total),
-                    "-valid_steps", "1000000", "-save_checkpoint_steps", "1000000",
-                    *MODELS[model], *vextra, *extra]
-            if gpu:
-                opts += ["-world_size", "1", "-gpu_ranks", "0"]
-            label = name if len(nws) == 1 else f"{name}/nw{nw}"
-            print(f"=== {label}: onmt_train {' '.join(opts)}", flush=True)
-            rec = Recorder(order, cuda=gpu)
-            t0 = time.perf_counter()
-            row = {"variant": name, "num_workers": nw, "options": [*MODELS[model], *vextra]}
-            try:
-                run_variant(name, opts, rec)
-                row.update(summarise(rec, plan))
-            except SystemExit as exc:
-                row["error"] = f"onmt_train exited with status {exc.code}"
-            except Exception as exc:  # noqa: BLE001 - recorded; the other variants go on
-                traceback.print_exc()
-                row["error"] = f"{type(exc).__name__}: {exc}"
-            row["run_s"] = round(time.perf_counter() - t0, 1)
-            if gpu:
-                row["peak_mem_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
-                torch.cuda.reset_peak_memory_stats()
-                torch.cuda.empty_cache()
-            result["variants"].append(row)
-            print(f"    {label}: " + ", ".join(
-                f"{k} {row[k]}" for k in ("tok_s", "ms_per_step", "error") if k in row), flush=True)
-            write()
+    runs = [(r, nw, name) for r in range(args.repeat) for nw in nws for name in names]
+    for repeat, nw, name in runs:
+        model, vextra = VARIANTS[name]
+        opts = ["-config", str(work / "data.yaml"), "-save_model", str(work / "model"),
+                *train_args, "-num_workers", str(nw), "-train_steps", str(total),
+                # one validation, after the last step (outside every window)
+                "-valid_steps", str(total), "-save_checkpoint_steps", "1000000",
+                *MODELS[model], *vextra, *extra]
+        if gpu:
+            opts += ["-world_size", "1", "-gpu_ranks", "0"]
+        label = (name if len(nws) == 1 else f"{name}/nw{nw}") + \
+            (f"#{repeat + 1}" if args.repeat > 1 else "")
+        print(f"=== {label}: onmt_train {' '.join(opts)}", flush=True)
+        rec = Recorder(order, cuda=gpu)
+        t0 = time.perf_counter()
+        row = {"variant": name, "num_workers": nw, "repeat": repeat + 1,
+               "options": [*MODELS[model], *vextra]}
+        try:
+            run_variant(name, opts, rec)
+            row.update(summarise(rec, plan))
+        except SystemExit as exc:
+            row["error"] = f"onmt_train exited with status {exc.code}"
+        except Exception as exc:  # noqa: BLE001 - recorded; the other variants go on
+            traceback.print_exc()
+            row["error"] = f"{type(exc).__name__}: {exc}"
+        row["run_s"] = round(time.perf_counter() - t0, 1)
+        if gpu:
+            row["peak_mem_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+            torch.cuda.reset_peak_memory_stats()
+            torch.cuda.empty_cache()
+        result["variants"].append(row)
+        print(f"    {label}: " + ", ".join(
+            f"{k} {row[k]}" for k in ("tok_s", "ms_per_step", "error") if k in row), flush=True)
+        write()
 
+    by = collections.defaultdict(list)
+    for row in result["variants"]:
+        if row.get("tok_s"):
+            by[row["variant"] + (f"/nw{row['num_workers']}" if len(nws) > 1 else "")].append(
+                row["tok_s"])
+    result["tok_s_by_variant"] = {k: {"runs": v, "mean": round(sum(v) / len(v), 1)}
+                                  for k, v in by.items()}
+    write()
     if bare_steps:
         result["bare_loop"] = bare_loop(args, names, train_args, extra, data, bare_steps, gpu,
                                         MODELS)
@@ -728,9 +775,10 @@ def bare_loop(args, names, train_args, extra, data, steps, gpu, MODELS) -> dict:
 def table(result) -> str:
     lines = [f"{result['device']}, torch {result['torch']}",
              f"{'variant':<16}{'tok/s':>9}{'ms/step':>9}{'bare tok/s':>11}  " +
-             " ".join(f"{p:>9}" for p in PHASES) + "   syncs/step"]
+             " ".join(f"{p:>9}" for p in PHASES) + "   syncs/step  valid s"]
     for r in result["variants"]:
-        label = r["variant"] + (f"/nw{r['num_workers']}" if r["num_workers"] else "")
+        label = r["variant"] + (f"/nw{r['num_workers']}" if r["num_workers"] else "") + \
+            (f"#{r['repeat']}" if result["config"]["repeat"] > 1 else "")
         if "error" in r:
             lines.append(f"{label:<16} error: {r['error']}")
             continue
@@ -739,7 +787,7 @@ def table(result) -> str:
         lines.append(f"{label:<16}{r.get('tok_s', 0):>9.0f}{r.get('ms_per_step', 0):>9.1f}"
                      f"{r.get('bare_tok_s', float('nan')):>11.0f}  " +
                      " ".join(f"{ph.get(p, float('nan')):>9.1f}" for p in PHASES) +
-                     f"   {syncs:g}")
+                     f"   {syncs:>10g}  {r.get('validation_s', float('nan')):>7.2f}")
     lines.append("phases: ms per step; syncs/step: device value reads and blocking copies "
                  "(census step; host reads by design left out)")
     return "\n".join(lines)

@@ -231,6 +231,7 @@ def test_trainer_profile_dry_run_through_gpu_check(tmp_path):
         where = {s["where"].split(":")[0] for s in row["syncs"]}
         assert {"onmt/utils/loss.py", "onmt/trainer.py"} <= where
         assert row["profiler_per_step"]["aten_ops"] > 0
+        assert row["validation_s"] > 0           # one validation after the last step
     # what the sdrop step reads back on the host is the host mask drawing only
     sdrop_reads = {s["where"].split(":")[0] for s in result["variants"][1]["syncs"]
                    if s["phase"] == "forward"}

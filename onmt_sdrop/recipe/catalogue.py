@@ -63,14 +63,20 @@ PAIRS = {
 
 _COMMON = ("-batch_type", "sents", "-bucket_size", "4096", "-num_workers", "0",
            "-report_every", "50", "-seed", "1", "-dropout", "0.3")
-# GPU profiles load batches in 2 DataLoader workers: with 0 the trainer's own data loading weighs
-# about as much as the model's step on a GPU (issue 11)
-_GPU_COMMON = tuple("2" if prev == "-num_workers" else a
-                    for prev, a in zip(("",) + _COMMON, _COMMON))
+
+
 def _with(args: tuple, opt: str, value: str) -> tuple:
     """``args`` with option ``opt`` set to ``value``."""
     return tuple(value if prev == opt else a for prev, a in zip(("",) + args, args))
 
+
+# GPU profiles load batches in 2 DataLoader workers. Issue 11 (H200): the stock trainer's step
+# took about as long as bench/cpu_bench.py's bare loop on batches twice as large, so the trainer's
+# own work (data loading with -num_workers 0, loss, statistics) weighs about as much as the model;
+# how much of it is data loading is what bench/trainer_profile.py measures (recipes/gpu_check.sh
+# --trainer-profile runs it with -num_workers 0 and 2). OpenNMT-py 3.5.1 starts fresh workers
+# at every validation (see gpu-converge).
+_GPU_COMMON = _with(_COMMON, "-num_workers", "2")
 
 _FULL = ("-layers", "2", "-hidden_size", "500", "-word_vec_size", "500", "-batch_size", "64",
          "-global_attention", "general", "-input_feed", "1")
