@@ -152,6 +152,20 @@ def test_per_step_weight_gradients_fold_into_one_grouped_gemm():
     assert calls == [5]
 
 
+def test_torch_backend_reads_and_writes_each_window_as_one_block():
+    """On the torch backend a consumer weight is permuted window-major: each group's slice of it
+    (and of its gradient) is one contiguous block, which a CPU GEMM handles much faster than a
+    strided column range; the values are those of the plain permutation."""
+    torch.manual_seed(0)
+    m = sample_step_mask(5, 12, 0.3)
+    w = torch.randn(7, 12)
+    ww = torch_backend.permute_weight(w, m, 1)
+    torch.testing.assert_close(ww.ext, w[:, m.ext_perm()], rtol=0, atol=0)
+    for o, k in m.windows:
+        assert ww.ext[:, o:o + k].t().is_contiguous()
+    assert torch_backend.permute_weight(w.t(), m, 0).ext.is_contiguous()   # producer: rows
+
+
 def test_auto_picks_the_cuda_kernels_on_a_gpu(monkeypatch):
     """The CUDA backend is validated: "auto" takes it wherever a GPU and CuPy are, else torch."""
     import onmt_sdrop.ops as ops_pkg

@@ -51,10 +51,17 @@ class WindowedWeight:
     steps, as haste does, instead of one per step.
     """
 
-    def __init__(self, w: torch.Tensor, mask: StepMask, dim: int):
+    def __init__(self, w: torch.Tensor, mask: StepMask, dim: int, window_major: bool = False):
         self.index = mask.ext_perm().to(w.device)
         self.dim = dim
-        self.ext = w.detach().index_select(dim, self.index)
+        # window_major: the window axis outermost in memory (``ext`` is then a transposed view),
+        # so each group's slice, and its slice of the weight gradient, is one contiguous block,
+        # which a CPU GEMM reads and writes much faster than a strided column range
+        self.window_major = window_major and dim != 0
+        if self.window_major:
+            self.ext = w.detach().t().contiguous().index_select(0, self.index).t()
+        else:
+            self.ext = w.detach().index_select(dim, self.index)
         self.pending = []
         self.token = _Fold.apply(w, self)
         self._cast = None
@@ -80,8 +87,7 @@ class WindowedWeight:
             by_fn.setdefault(fn, []).append((a, b, m))
         self.pending = []
         a0 = next(iter(by_fn.values()))[0][0]
-        grad = torch.zeros(self.ext.shape, dtype=torch.promote_types(a0.dtype, torch.float32),
-                           device=self.ext.device)
+        grad = torch.zeros_like(self.ext, dtype=torch.promote_types(a0.dtype, torch.float32))
         for fn, recs in by_fn.items():
             if len(recs) == 1:
                 a, b, m = recs[0]
@@ -106,6 +112,9 @@ class _Fold(Function):
         grad = ww.folded_grad()
         if grad is None:
             return None, None
+        if ww.window_major:   # add rows, then one transposed copy (autograd's, into .grad)
+            dw_t = torch.zeros(ctx.shape[::-1], dtype=ctx.dtype, device=grad.device)
+            return dw_t.index_add_(0, ww.index, grad.t().to(ctx.dtype)).t(), None
         dw = torch.zeros(ctx.shape, dtype=ctx.dtype, device=grad.device)
         dw.index_add_(ww.dim, ww.index, grad.to(ctx.dtype))
         return dw, None
@@ -114,6 +123,11 @@ class _Fold(Function):
 def permute_weight(w: torch.Tensor, mask: StepMask, dim: int) -> WindowedWeight:
     """``w`` prepared for the windows of ``mask`` along axis ``dim`` (once per batch)."""
     return WindowedWeight(w, mask, dim)
+
+
+def permute_weight_window_major(w: torch.Tensor, mask: StepMask, dim: int) -> WindowedWeight:
+    """:func:`permute_weight` with the window axis outermost in memory (for CPU GEMMs)."""
+    return WindowedWeight(w, mask, dim, window_major=True)
 
 
 # ---------------------------------------------------------------- the autograd op

@@ -15,8 +15,8 @@ from torch.autograd import Function
 
 from ..masks import StepMask
 from .amp import autocast_op
-from .common import (WindowedWeight, consumer, gather, new_output, permute_weight, producer,
-                     scatter)
+from .common import (WindowedWeight, consumer, gather, new_output, producer, scatter)
+from .common import permute_weight_window_major as permute_weight
 
 
 # ---------------------------------------------------------------- the six grouped GEMMs
