@@ -10,6 +10,12 @@ Out-of-bounds addresses and grids that miss part of the output fail loudly.
 """
 from __future__ import annotations
 
+import ctypes
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
 import torch
 
 from onmt_sdrop.ops import torch_backend
@@ -206,3 +212,51 @@ def _lstm_pointwise(module, fn, grid, block, args):
     _rows(dgates, rows, 4 * h, "dgates").copy_(dg)
     dhv.copy_(carry_h)
     dcv.copy_(dc_prev)
+
+
+# ---------------------------------------------------------------- the kernels' own code on the CPU
+
+HOST_SOURCE = Path(__file__).with_name("cuda_host.cpp")
+
+
+def build_host_kernels(out_dir) -> Path | None:
+    """Compile tests/cuda_host.cpp (kernels/gemm_fast.cu for the CPU) into ``out_dir``; None
+    without a C++20 compiler."""
+    cxx = shutil.which("g++") or shutil.which("clang++")
+    if cxx is None:
+        return None
+    lib = Path(out_dir) / "cuda_host.so"
+    proc = subprocess.run([cxx, "-std=c++20", "-O1", "-shared", "-fPIC", "-fno-strict-aliasing",
+                           "-Wno-unknown-pragmas", "-pthread", str(HOST_SOURCE), "-o", str(lib)],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    return lib
+
+
+def host_launcher(lib_path):
+    """A ``_launch`` that runs kernels/gemm_fast.cu's kernels themselves on the CPU (one thread
+    per CUDA thread, tests/cuda_host.cpp) after :func:`launch` has checked the launch against
+    the kernel's contract on a copy of the output; other modules go to :func:`launch`."""
+    lib = ctypes.CDLL(str(lib_path))
+
+    def c_arg(a):
+        if a is None:
+            return ctypes.c_void_p(None)
+        if isinstance(a, torch.Tensor):
+            return ctypes.c_void_p(a.data_ptr())
+        if isinstance(a, np.int32):
+            return ctypes.c_int(int(a))
+        assert isinstance(a, np.int64), type(a)
+        return ctypes.c_longlong(int(a))
+
+    def run(module, fn, grid, block, args):
+        if module != "gemm_fast":
+            return launch(module, fn, grid, block, args)
+        checked = list(args)
+        checked[2] = args[2].clone()
+        launch(module, fn, grid, block, checked)       # contract: bounds, grid, block, dtypes
+        block = tuple(block) + (1,) * (3 - len(block))
+        assert all(t.device.type == "cpu" for t in args if isinstance(t, torch.Tensor))
+        getattr(lib, "host_" + fn)(*map(ctypes.c_int, (*grid, *block)), *map(c_arg, args))
+
+    return run

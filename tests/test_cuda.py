@@ -175,13 +175,13 @@ def test_full_model_cupy_equals_torch_backend(device, gemm_kernel, dw_kernel, mo
         torch.testing.assert_close(res[1][1][k], res[0][1][k], rtol=1e-3, atol=1e-4, msg=k)
 
 
-def _six_gemms(ops, m, dtype, device):
+def _six_gemms(ops, m, dtype, device, batch=6, out=23, inp=19):
     """Run consumer and producer forward + backward of backend ``ops``; return outputs, grads."""
     torch.manual_seed(1)
-    xc = torch.randn(m.groups, 6, m.size, device=device).to(dtype).requires_grad_(True)
-    x = torch.randn(m.groups, 6, 19, device=device).to(dtype).requires_grad_(True)
-    w_c = torch.randn(23, m.size, device=device, requires_grad=True)
-    w_p = torch.randn(m.size, 19, device=device, requires_grad=True)
+    xc = torch.randn(m.groups, batch, m.size, device=device).to(dtype).requires_grad_(True)
+    x = torch.randn(m.groups, batch, inp, device=device).to(dtype).requires_grad_(True)
+    w_c = torch.randn(out, m.size, device=device, requires_grad=True)
+    w_p = torch.randn(m.size, inp, device=device, requires_grad=True)
     y_c = ops.compact_matmul(ops.gather(xc, m), ops.permute_weight(w_c, m, 1), m)
     y_p = ops.matmul_compact(x, ops.permute_weight(w_p, m, 0), m)
     loss = sum((y.float() * torch.linspace(-1, 1, y.numel(), device=device).view_as(y)).sum()
@@ -222,6 +222,45 @@ def test_gemm_kernel_selection(device, gemm_kernel, dw_kernel, dtype, tf32, laun
             want_dw = {"grouped_gemm_": "window_dw_", "gemm_tiled_": "window_dw_tiled_",
                        "gemm_tc_": "window_dw_tc_"}[family]
         assert dws == [want_dw + suffix] * 2, launched
+
+
+@pytest.fixture(scope="session")
+def host_kernels(tmp_path_factory):
+    """kernels/gemm_fast.cu compiled for the CPU (tests/cuda_host.cpp)."""
+    lib = kernel_emulator.build_host_kernels(tmp_path_factory.mktemp("cuda_host"))
+    if lib is None:
+        pytest.skip("no C++20 compiler (g++ or clang++)")
+    return lib
+
+
+@pytest.mark.parametrize("kernel,dtype,tf32", [
+    ("tiled", torch.float32, False), ("tiled", torch.float16, False),
+    ("tiled", torch.bfloat16, False), ("tensor", torch.float32, True),
+    ("tensor", torch.float16, False), ("tensor", torch.bfloat16, False)])
+def test_fast_kernels_own_code_on_cpu(host_kernels, kernel, dtype, tf32, dw_kernel, monkeypatch):
+    """The code of kernels/gemm_fast.cu itself (tiles, double buffering, mma fragment layouts,
+    edges: 2 x 2 output tiles, several k tiles, counts varying by group, all-kept / none-kept /
+    one-kept groups), run on the CPU with one thread per CUDA thread and mma.sync carried out as
+    the PTX ISA defines it, against the torch backend: what can be checked of the CUDA code
+    without a GPU. (Each launch is also checked against its contract by the emulator.)"""
+    run, names = kernel_emulator.host_launcher(host_kernels), []
+
+    def record(module, fn, *args):
+        names.append(fn)
+        run(module, fn, *args)
+
+    monkeypatch.setattr(cupy_backend, "_launch", record)
+    monkeypatch.setattr(cupy_backend, "_cublas_batched", kernel_emulator.cublas_batched)
+    monkeypatch.setattr(cupy_backend, "GEMM_KERNEL", kernel)
+    monkeypatch.setattr(cupy_backend, "tf32_allowed", lambda: tf32)
+    for m in list(_masks(70, 3))[1::2]:      # counts varying by group; all / none / one kept
+        got = _six_gemms(cupy_backend, m, dtype, "cpu", batch=66, out=70)
+        want = _six_gemms(torch_backend, m, torch.float32, "cpu", batch=66, out=70)
+        for a, r in zip(got, want):
+            assert_close_scaled(a.float(), r.float(), 1e-4 if dtype == torch.float32 and not tf32
+                                else 3e-2)
+    family = "_tc_" if kernel == "tensor" else "_tiled_"
+    assert len(names) == 2 * 6 and all(family in n for n in names), names
 
 
 def test_tf32_follows_torch():

@@ -27,10 +27,67 @@
 // separates the buffers. (cp.async is not used: the strides are general and a window starts at
 // any offset, so 16-byte aligned vector copies cannot be assumed.) Out-of-range elements of a
 // tile (M, N, K not multiples of the tile, counts varying by group) load as zero and are not
-// stored. No headers: 16-bit conversions are PTX, so NVRTC needs no include path.
+// stored. No headers: 16-bit conversions are PTX or bit arithmetic, so NVRTC needs no include
+// path.
 
 typedef unsigned short u16;
 typedef unsigned int u32;
+
+// ------------------------------------------------------------------ PTX helpers
+//
+// The only inline PTX of this file. tests/cuda_host.cpp compiles this file for the CPU (one
+// std::thread per CUDA thread) with SDROP_HOST_EMU defined and supplies its own versions of
+// these, so the tests run the kernels' code itself on machines without a GPU.
+
+// mma.sync m16n8k16 / tf32 need sm_80 or newer; on older GPUs the module still compiles (the
+// "tiled" kernels run there) and the tensor kernels trap (cupy_backend never picks them there).
+#if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 800
+#define TC_ARCH 1
+#else
+#define TC_ARCH 0
+#endif
+
+#ifndef SDROP_HOST_EMU
+__device__ __forceinline__ float h2f(u16 v) {
+    float f;
+    asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(v));
+    return f;
+}
+__device__ __forceinline__ u16 f2h(float v) {
+    u16 h;
+    asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(v));
+    return h;
+}
+__device__ __forceinline__ u32 f2tf32(float v) {   // round to nearest, ties away
+    u32 t = 0;
+#if TC_ARCH
+    asm("cvt.rna.tf32.f32 %0, %1;" : "=r"(t) : "f"(v));
+#else
+    (void)v;
+#endif
+    return t;
+}
+#if TC_ARCH
+#define MMA_BODY(SHAPE, TYPE)                                                                     \
+    asm volatile("mma.sync.aligned." SHAPE ".row.col.f32." TYPE "." TYPE ".f32 "                  \
+                 "{%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};"                 \
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])                                   \
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+#else
+#define MMA_BODY(SHAPE, TYPE) (void)d; (void)a; (void)b; __trap();
+#endif
+// d (16x8, float) += a (16xK) * b (Kx8), one warp, fragments as in tc_mainloop's comment
+__device__ __forceinline__ void mma_f16(float (&d)[4], const u32 (&a)[4], const u32 (&b)[2]) {
+    MMA_BODY("m16n8k16", "f16")
+}
+__device__ __forceinline__ void mma_bf16(float (&d)[4], const u32 (&a)[4], const u32 (&b)[2]) {
+    MMA_BODY("m16n8k16", "bf16")
+}
+__device__ __forceinline__ void mma_tf32(float (&d)[4], const u32 (&a)[4], const u32 (&b)[2]) {
+    MMA_BODY("m16n8k8", "tf32")
+}
+#undef MMA_BODY
+#endif
 
 // ------------------------------------------------------------------ element types
 
@@ -41,16 +98,8 @@ struct F32 {
 };
 struct F16 {
     typedef u16 raw;
-    static __device__ __forceinline__ float to_f(u16 v) {
-        float f;
-        asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(v));
-        return f;
-    }
-    static __device__ __forceinline__ u16 from_f(float v) {
-        u16 h;
-        asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(v));
-        return h;
-    }
+    static __device__ __forceinline__ float to_f(u16 v) { return h2f(v); }
+    static __device__ __forceinline__ u16 from_f(float v) { return f2h(v); }
 };
 struct BF16 {
     typedef u16 raw;
@@ -237,13 +286,6 @@ __device__ __forceinline__ void tiled_mainloop(const LA& la, const LB& lb, const
 
 // ------------------------------------------------------------------ "tensor": mma.sync
 
-// mma.sync m16n8k16 / tf32 need sm_80 or newer; on older GPUs the module still compiles (the
-// "tiled" kernels run there) and the tensor kernels trap (cupy_backend never picks them there).
-#if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 800
-#define TC_ARCH 1
-#else
-#define TC_ARCH 0
-#endif
 
 #define C_BM 64
 #define C_BN 64
@@ -266,49 +308,20 @@ template <> struct TcStage<BF16> {
 template <> struct TcStage<F32> {
     typedef u32 S;
     enum { PAD = 4, KSTEP = 8 };
-    static __device__ __forceinline__ S put(float v) {
-        u32 t = 0;
-#if TC_ARCH
-        asm("cvt.rna.tf32.f32 %0, %1;" : "=r"(t) : "f"(v));
-#else
-        (void)v;
-#endif
-        return t;
-    }
+    static __device__ __forceinline__ S put(float v) { return f2tf32(v); }
 };
 
 __device__ __forceinline__ void mma_16816(float (&d)[4], const u32 (&a)[4], const u32 (&b)[2],
                                           F16) {
-#if TC_ARCH
-    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 "
-                 "{%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};"
-                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
-#else
-    (void)d; (void)a; (void)b; __trap();
-#endif
+    mma_f16(d, a, b);
 }
 __device__ __forceinline__ void mma_16816(float (&d)[4], const u32 (&a)[4], const u32 (&b)[2],
                                           BF16) {
-#if TC_ARCH
-    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 "
-                 "{%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};"
-                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
-#else
-    (void)d; (void)a; (void)b; __trap();
-#endif
+    mma_bf16(d, a, b);
 }
 __device__ __forceinline__ void mma_16816(float (&d)[4], const u32 (&a)[4], const u32 (&b)[2],
                                           F32) {
-#if TC_ARCH
-    asm volatile("mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 "
-                 "{%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};"
-                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
-#else
-    (void)d; (void)a; (void)b; __trap();
-#endif
+    mma_tf32(d, a, b);
 }
 
 // Fragments of one k step (PTX ISA "matrix fragments for mma.m16n8k16 / m16n8k8"), with
