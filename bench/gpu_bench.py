@@ -2,15 +2,19 @@
 """GPU benchmarks for the CUDA backend, in one run (see bench/gpu_check.sh).
 
 micro:   each of the six compacted GEMMs (consumer fwd/dx/dw at the generator's shape, producer
-         fwd/dx/dw at the attention output layer's) against cuBLAS on the dense tensors of the same
+         fwd/dx/dw at the attention output layer's) with every kernel choice of the CUDA backend
+         (cupy_backend.GEMM_KERNELS, and DW_KERNELS on the weight gradients: field "kernel", and
+         "runs" = the kernels one call launched) against cuBLAS on the dense tensors of the same
          shape, at p 0.3, the default and the large size, fp32 and fp16; every op timed with CUDA
-         events over a CUDA graph of repeated calls (eager if capture fails: the row says so), the
-         per-batch weight permutation timed once on its own row.
+         events over a CUDA graph of --micro-reps calls (eager if capture fails: the row says
+         so), the per-batch weight permutation timed once on its own row.
 results: training tok/s of stock OpenNMT-py, sdrop dense and sdrop compacted (CUDA kernels), fp32
          and fp16 (AMP), default size (2x500, batch 64) and large (1024, batch 256), with GPU kernel
          ms, kernel launches per step (torch profiler) and peak memory.
 Writes OUT/gpu-<date>.json after every stage, so a timeout keeps what finished:
-{"device", "torch", "date", "results": [...], "micro": [...]} (rows as in issue 9).
+{"device", "torch", "date", "results": [...], "micro": [...]} (rows as in issue 9, micro rows
+with "kernel" and "runs" added). --gemm-kernel / --dw-kernel pick the kernels of the training
+runs; --no-e2e leaves them out.
 
 --dry-run runs the same code on the CPU at toy sizes with the torch backend in place of the CUDA
 kernels (fp32 only, wall-clock timing, no profiler), so a broken benchmark is found here and not
@@ -82,8 +86,33 @@ def time_ms(fn, device, reps) -> tuple[float, str]:
     return start.elapsed_time(end) / reps, how
 
 
-def micro(cu, device, *, size, precision, hidden, batch, steps, vocab, p=0.3, reps=20):
-    """Rows for the six grouped GEMMs and the weight permutation at one size and precision."""
+def kernel_choices(cu) -> list[tuple[str, str]]:
+    """(GEMM_KERNEL, DW_KERNEL) pairs to time: every GEMM kernel of the CUDA backend with its
+    default weight-gradient form, and each other dW form (the torch backend: one)."""
+    if not hasattr(cu, "GEMM_KERNELS"):
+        return [("torch", "torch")]
+    return [(g, cu.DW_KERNEL) for g in cu.GEMM_KERNELS] + \
+        [(g, d) for g in cu.GEMM_KERNELS for d in cu.DW_KERNELS if d != cu.DW_KERNEL]
+
+
+def launched_by(cu, fn) -> str:
+    """The kernels one call of ``fn`` launches (names, "cublas" for sgemmBatched), untimed."""
+    if not hasattr(cu, "_launch"):
+        return "torch"
+    names, launch, batched = [], cu._launch, cu._cublas_batched
+    cu._launch = lambda module, name, *a: (names.append(name), launch(module, name, *a))
+    cu._cublas_batched = lambda *a, **k: (names.append("cublas"), batched(*a, **k))
+    try:
+        fn()
+    finally:
+        cu._launch, cu._cublas_batched = launch, batched
+    return ",".join(dict.fromkeys(names))
+
+
+def micro(cu, device, *, size, precision, hidden, batch, steps, vocab, p=0.3, reps=10):
+    """Rows for the six grouped GEMMs, for every kernel choice of the backend (field "kernel":
+    GEMM_KERNEL, or GEMM_KERNEL+DW_KERNEL on the weight-gradient rows; "runs": the kernels one
+    call launched), each against cuBLAS on the dense shape, and the weight permutation."""
     dtype = PRECISIONS[precision]
     m = sample_step_mask(steps, hidden, p).to(device)
     rnd = lambda *s: torch.randn(*s, device=device, dtype=dtype)  # noqa: E731
@@ -103,39 +132,46 @@ def micro(cu, device, *, size, precision, hidden, batch, steps, vocab, p=0.3, re
         "producer_dx": (lambda: cu.producer_dx(dyc, wp_ext, m), lambda: flat(dyp) @ w_p),
         "producer_dw": (lambda: cu.producer_dw(dyc, xp, m, dw_p), lambda: flat(dyp).t() @ flat(xp)),
     }
+    dense = {gemm: time_ms(fn, device, reps) for gemm, (_, fn) in cases.items()}   # cuBLAS
     rows = []
-    for gemm, (compact, dense) in cases.items():
-        d_ms, how_d = time_ms(dense, device, reps)
-        c_ms, how_c = time_ms(compact, device, reps)
-        rows.append({"gemm": gemm, "part": gemm.split("_")[1], "size": size,
-                     "precision": precision, "p": p, "dense_ms": round(d_ms, 4),
-                     "compact_ms": round(c_ms, 4), "speedup": round(d_ms / c_ms, 3),
-                     "ideal": round(1 / (1 - p), 3),
-                     "of_ideal": round(d_ms / c_ms * (1 - p), 3),
-                     "timed": how_c if how_c == how_d else f"{how_c}/{how_d}",
-                     "shape": {"steps": steps, "batch": batch, "hidden": hidden,
-                               "out": vocab if gemm.startswith("consumer") else hidden}})
-        print(rows[-1], flush=True)
-    # the alternative weight-gradient kernels of the CUDA backend (window_dw: atomic-free)
-    for kernel in [k for k in getattr(cu, "DW_KERNELS", ()) if k != cu.DW_KERNEL]:
-        default, cu.DW_KERNEL = cu.DW_KERNEL, kernel
+    for gemm_kernel, dw_kernel in kernel_choices(cu):
+        saved = getattr(cu, "GEMM_KERNEL", None), getattr(cu, "DW_KERNEL", None)
+        if saved[0] is not None:
+            cu.GEMM_KERNEL, cu.DW_KERNEL = gemm_kernel, dw_kernel
         try:
-            for gemm in ("consumer_dw", "producer_dw"):
-                compact, dense = cases[gemm]
-                d_ms, _ = time_ms(dense, device, reps)
-                c_ms, how = time_ms(compact, device, reps)
-                rows.append(dict(rows[list(cases).index(gemm)], gemm=f"{gemm} ({kernel})",
-                                 dense_ms=round(d_ms, 4), compact_ms=round(c_ms, 4),
-                                 speedup=round(d_ms / c_ms, 3),
-                                 of_ideal=round(d_ms / c_ms * (1 - p), 3), timed=how))
+            for gemm, (compact, _) in cases.items():
+                is_dw = gemm.endswith("_dw")
+                if not is_dw and saved[1] is not None and dw_kernel != saved[1]:
+                    continue                    # forward / dX rows once per GEMM kernel
+                try:
+                    runs = launched_by(cu, compact)
+                    c_ms, how_c = time_ms(compact, device, reps)
+                except Exception as exc:  # noqa: BLE001 - a kernel that fails is a result too
+                    print(f"{gemm} with {gemm_kernel}/{dw_kernel} failed: {exc}", flush=True)
+                    rows.append({"gemm": gemm, "part": gemm.split("_")[1], "kernel": gemm_kernel,
+                                 "size": size,
+                                 "precision": precision, "error": str(exc)[:300]})
+                    continue
+                d_ms, how_d = dense[gemm]
+                rows.append({"gemm": gemm, "part": gemm.split("_")[1], "size": size,
+                             "precision": precision, "p": p,
+                             "kernel": f"{gemm_kernel}+{dw_kernel}" if is_dw else gemm_kernel,
+                             "runs": runs, "dense_ms": round(d_ms, 4),
+                             "compact_ms": round(c_ms, 4), "speedup": round(d_ms / c_ms, 3),
+                             "ideal": round(1 / (1 - p), 3),
+                             "of_ideal": round(d_ms / c_ms * (1 - p), 3),
+                             "timed": how_c if how_c == how_d else f"{how_c}/{how_d}",
+                             "shape": {"steps": steps, "batch": batch, "hidden": hidden,
+                                       "out": vocab if gemm.startswith("consumer") else hidden}})
                 print(rows[-1], flush=True)
         finally:
-            cu.DW_KERNEL = default
+            if saved[0] is not None:
+                cu.GEMM_KERNEL, cu.DW_KERNEL = saved
     perm_ms, how = time_ms(lambda: cu.permute_weight(w_c, m, 1), device, reps)
     rows.append({"gemm": "permute_weight (generator, once per batch)", "part": "prep",
-                 "size": size, "precision": precision, "p": p, "dense_ms": 0.0,
-                 "compact_ms": round(perm_ms, 4), "speedup": None, "ideal": None,
-                 "of_ideal": None, "timed": how})
+                 "size": size, "precision": precision, "p": p, "kernel": "torch",
+                 "dense_ms": 0.0, "compact_ms": round(perm_ms, 4), "speedup": None,
+                 "ideal": None, "of_ideal": None, "timed": how})
     return rows
 
 
@@ -174,6 +210,12 @@ def main(argv=None):
     ap.add_argument("--no-graphs", action="store_true", help="leave out the CUDA-graph variants")
     ap.add_argument("--dry-run", action="store_true",
                     help="CPU, toy sizes, torch backend: checks the script, measures nothing")
+    ap.add_argument("--micro-reps", type=int, default=10,
+                    help="calls per CUDA graph in each micro timing")
+    ap.add_argument("--no-e2e", action="store_true", help="the micro benchmark only")
+    ap.add_argument("--gemm-kernel", help="cupy_backend.GEMM_KERNEL for the training runs "
+                    "(the micro benchmark times every choice)")
+    ap.add_argument("--dw-kernel", help="cupy_backend.DW_KERNEL for the training runs")
     args = ap.parse_args(argv)
     if args.dry_run:
         from onmt_sdrop.ops import torch_backend as cu
@@ -186,8 +228,10 @@ def main(argv=None):
     else:
         from onmt_sdrop.ops import cupy_backend as cu
 
-        device, backend, reps = "cuda", "cupy", 20
+        device, backend, reps = "cuda", "cupy", args.micro_reps
         sizes, precisions = SIZES, list(PRECISIONS)
+        cu.GEMM_KERNEL = args.gemm_kernel or cu.GEMM_KERNEL
+        cu.DW_KERNEL = args.dw_kernel or cu.DW_KERNEL
         base = dict(layers=2, vocab=10000, dropout=0.3, warmup=5, rnd=10, device=device)
         name = torch.cuda.get_device_name(0)
     if args.skip_large:
@@ -197,7 +241,9 @@ def main(argv=None):
               "command": "python bench/gpu_bench.py " + " ".join(sys.argv[1:] if argv is None
                                                                    else argv),
               "config": {"sizes": sizes, "p": base["dropout"], "layers": base["layers"],
-                         "vocab": base["vocab"], "steps": args.steps},
+                         "vocab": base["vocab"], "steps": args.steps,
+                         "gemm_kernel": getattr(cu, "GEMM_KERNEL", "torch"),
+                         "dw_kernel": getattr(cu, "DW_KERNEL", "torch")},
               "results": [], "micro": []}
     out = Path(args.out) / f"{'dry-run' if args.dry_run else 'gpu'}-{result['date']}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -211,7 +257,7 @@ def main(argv=None):
             result["micro"] += micro(cu, device, size=size, precision=precision, steps=30,
                                      vocab=base["vocab"], reps=reps, **dims)
             save(f"micro {size} {precision}")
-    for size, dims in sizes.items():
+    for size, dims in ({} if args.no_e2e else sizes).items():
         steps = args.steps if size == "default" else max(5, args.steps // 3)
         for precision in precisions:
             cfg = dict(base, steps=steps, **dims)

@@ -294,3 +294,28 @@ def test_lstm_pointwise_half_types(device, dtype, tol):
         results.append([o, hn, cn] + [lf.grad for lf in leaves])
     for a, r in zip(results[1], results[0]):
         assert_close_scaled(a.float(), r.float(), tol)
+
+
+def test_gpu_bench_micro_times_every_kernel_choice(monkeypatch):
+    """bench/gpu_bench.py's micro benchmark with the CUDA backend (emulated launches, toy sizes):
+    a row per GEMM and kernel choice, saying which kernels ran."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+    import gpu_bench
+
+    monkeypatch.setattr(cupy_backend, "_launch", kernel_emulator.launch)
+    monkeypatch.setattr(cupy_backend, "_cublas_batched", kernel_emulator.cublas_batched)
+    rows = gpu_bench.micro(cupy_backend, "cpu", size="default", precision="fp32", hidden=24,
+                           batch=4, steps=3, vocab=30, reps=1)
+    assert (cupy_backend.GEMM_KERNEL, cupy_backend.DW_KERNEL) == ("simt", "atomic")  # restored
+    got = {(r["gemm"], r["kernel"]): r["runs"] for r in rows if r["part"] != "prep"}
+    want = {(f"{side}_{part}", g) for side in ("consumer", "producer") for part in ("fwd", "dx")
+            for g in cupy_backend.GEMM_KERNELS}
+    want |= {(f"{side}_dw", f"{g}+{d}") for side in ("consumer", "producer")
+             for g in cupy_backend.GEMM_KERNELS for d in cupy_backend.DW_KERNELS}
+    assert set(got) == want
+    assert got[("consumer_fwd", "cublas")] == "cublas"
+    assert got[("consumer_fwd", "tiled")] == "gemm_tiled_f32"
+    assert got[("producer_dw", "tensor+tiles")] == "window_dw_tiled_f32"   # fp32: no TF32
+    assert all(r["compact_ms"] > 0 for r in rows)
