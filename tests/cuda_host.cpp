@@ -1,30 +1,47 @@
 // onmt_sdrop/kernels/gemm_fast.cu compiled for the CPU, so that the tests run the kernels' own
 // code (tiling, double buffering, fragment layouts, edge handling) on machines without a GPU.
 //
-// Each CUDA thread of a block is one std::thread; __syncthreads is a barrier of the block, and
-// mma.sync is carried out per warp as the PTX ISA defines its fragments (each lane hands in its
-// registers, a warp barrier, each lane reads back its part of D). __shared__ arrays become static
-// (one block runs at a time). The PTX helpers of gemm_fast.cu are replaced by the ones below.
+// Each CUDA thread of a block is a fiber (ucontext) and the block's fibers run round-robin, each
+// until its next barrier: since every thread of a block meets the same barriers in the same
+// order (the kernels' control flow around barriers is block-uniform), round r ends with every
+// thread at its r-th barrier, which is what __syncthreads and the warp barriers of mma.sync
+// need. mma.sync is carried out per warp as the PTX ISA defines its fragments (each lane hands
+// in its registers, a barrier, each lane reads back its part of D). __shared__ arrays become
+// static (one block runs at a time). The PTX helpers of gemm_fast.cu are replaced below.
 // Built by tests/test_cuda.py (g++ -shared); every kernel is exported as host_<name>(grid,
 // block, kernel arguments). Slow: a few small shapes only.
-#include <barrier>
+#include <ucontext.h>
+
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
-#include <memory>
-#include <mutex>
-#include <thread>
+#include <functional>
 #include <vector>
 
 struct dim3 {
     unsigned x = 1, y = 1, z = 1;
 };
-static dim3 blockIdx, blockDim;
-static thread_local dim3 threadIdx;
-static std::unique_ptr<std::barrier<>> block_barrier;
-static std::vector<std::unique_ptr<std::barrier<>>> warp_barriers;
-static std::mutex atomic_mutex;
+static dim3 blockIdx, blockDim, threadIdx;   // threadIdx: of the fiber running now
+
+struct Fiber {
+    ucontext_t ctx;
+    std::vector<char> stack;
+    dim3 tid;
+    bool done;
+};
+static std::vector<Fiber> fibers;
+static ucontext_t scheduler;
+static int running;
+static std::function<void()> fiber_kernel;
+
+static void barrier() {   // to the end of this round
+    swapcontext(&fibers[running].ctx, &scheduler);
+}
+static void fiber_main() {
+    fiber_kernel();
+    fibers[running].done = true;
+}
 
 #define __global__
 #define __device__
@@ -37,11 +54,10 @@ static std::mutex atomic_mutex;
 struct alignas(16) float4 {
     float x, y, z, w;
 };
-static inline void __syncthreads() { block_barrier->arrive_and_wait(); }
+static inline void __syncthreads() { barrier(); }
 static inline float __uint_as_float(unsigned u) { float f; std::memcpy(&f, &u, 4); return f; }
 static inline unsigned __float_as_uint(float f) { unsigned u; std::memcpy(&u, &f, 4); return u; }
-static inline float atomicAdd(float* p, float v) {
-    std::lock_guard<std::mutex> lock(atomic_mutex);
+static inline float atomicAdd(float* p, float v) {   // fibers of one OS thread: no race
     const float old = *p;
     *p = old + v;
     return old;
@@ -68,7 +84,6 @@ static void mma_emulated(float (&d)[4], const u32 (&a)[4], const u32 (&b)[2]) {
     const int tid = threadIdx.x + blockDim.x * (threadIdx.y + blockDim.y * threadIdx.z);
     const int warp = tid / 32, lane = tid % 32, g = lane / 4, t = lane % 4;
     WarpMma& w = warp_mma[warp];
-    std::barrier<>& bar = *warp_barriers[warp];
     if (KDIM == 16) {   // f16 / bf16: pairs of k per register, low half first
         for (int i = 0; i < 4; ++i) {
             const int row = g + ((i & 1) ? 8 : 0), col = 2 * t + ((i & 2) ? 8 : 0);
@@ -85,14 +100,14 @@ static void mma_emulated(float (&d)[4], const u32 (&a)[4], const u32 (&b)[2]) {
         for (int i = 0; i < 2; ++i) w.b[t + (i ? 4 : 0)][g] = __uint_as_float(b[i]);
     }
     for (int i = 0; i < 4; ++i) w.c[g + ((i & 2) ? 8 : 0)][2 * t + (i & 1)] = d[i];
-    bar.arrive_and_wait();
+    barrier();               // the whole block waits too: harmless, every warp runs this mma
     for (int i = 0; i < 4; ++i) {
         const int row = g + ((i & 2) ? 8 : 0), col = 2 * t + (i & 1);
         float s = w.c[row][col];
         for (int k = 0; k < KDIM; ++k) s += w.a[row][k] * w.b[k][col];
         d[i] = s;
     }
-    bar.arrive_and_wait();   // nobody deposits the next mma's fragments before all have read
+    barrier();               // nobody deposits the next mma's fragments before all have read
 }
 static inline void mma_f16(float (&d)[4], const u32 (&a)[4], const u32 (&b)[2]) { mma_emulated<16, false>(d, a, b); }
 static inline void mma_bf16(float (&d)[4], const u32 (&a)[4], const u32 (&b)[2]) { mma_emulated<16, true>(d, a, b); }
@@ -105,24 +120,37 @@ template <class F>
 static void run_grid(int gx, int gy, int gz, int bx, int by, int bz, F kernel) {
     blockDim = dim3{(unsigned)bx, (unsigned)by, (unsigned)bz};
     const int threads = bx * by * bz;
+    fibers.resize(threads);
+    fiber_kernel = kernel;
     for (int z = 0; z < gz; ++z)
         for (int y = 0; y < gy; ++y)
             for (int x = 0; x < gx; ++x) {
                 blockIdx = dim3{(unsigned)x, (unsigned)y, (unsigned)z};
-                block_barrier = std::make_unique<std::barrier<>>(threads);
-                warp_barriers.clear();
-                for (int w = 0; w < (threads + 31) / 32; ++w)
-                    warp_barriers.push_back(std::make_unique<std::barrier<>>(std::min(32, threads - 32 * w)));
                 warp_mma.assign((threads + 31) / 32, WarpMma{});
-                std::vector<std::thread> pool;
-                for (int tz = 0; tz < bz; ++tz)
-                    for (int ty = 0; ty < by; ++ty)
-                        for (int tx = 0; tx < bx; ++tx)
-                            pool.emplace_back([=] {
-                                threadIdx = dim3{(unsigned)tx, (unsigned)ty, (unsigned)tz};
-                                kernel();
-                            });
-                for (auto& th : pool) th.join();
+                for (int t = 0; t < threads; ++t) {
+                    Fiber& f = fibers[t];
+                    f.stack.resize(1 << 16);
+                    f.tid = dim3{(unsigned)(t % bx), (unsigned)(t / bx % by), (unsigned)(t / (bx * by))};
+                    f.done = false;
+                    getcontext(&f.ctx);
+                    f.ctx.uc_stack.ss_sp = f.stack.data();
+                    f.ctx.uc_stack.ss_size = f.stack.size();
+                    f.ctx.uc_link = &scheduler;
+                    makecontext(&f.ctx, fiber_main, 0);
+                }
+                // one round: every fiber to its next barrier; odd rounds in reverse order, so a
+                // missing barrier shows whichever thread writes and whichever reads
+                for (int round = 0, more = 1; more; ++round) {
+                    more = 0;
+                    for (int i = 0; i < threads; ++i) {
+                        const int t = (round & 1) ? threads - 1 - i : i;
+                        if (fibers[t].done) continue;
+                        running = t;
+                        threadIdx = fibers[t].tid;
+                        swapcontext(&scheduler, &fibers[t].ctx);
+                        more = more || !fibers[t].done;
+                    }
+                }
             }
 }
 

@@ -227,14 +227,14 @@ def build_host_kernels(out_dir) -> Path | None:
         return None
     lib = Path(out_dir) / "cuda_host.so"
     proc = subprocess.run([cxx, "-std=c++20", "-O1", "-shared", "-fPIC", "-fno-strict-aliasing",
-                           "-Wno-unknown-pragmas", "-pthread", str(HOST_SOURCE), "-o", str(lib)],
+                           "-Wno-unknown-pragmas", str(HOST_SOURCE), "-o", str(lib)],
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr
     return lib
 
 
 def host_launcher(lib_path):
-    """A ``_launch`` that runs kernels/gemm_fast.cu's kernels themselves on the CPU (one thread
+    """A ``_launch`` that runs kernels/gemm_fast.cu's kernels themselves on the CPU (one fiber
     per CUDA thread, tests/cuda_host.cpp) after :func:`launch` has checked the launch against
     the kernel's contract on a copy of the output; other modules go to :func:`launch`."""
     lib = ctypes.CDLL(str(lib_path))

@@ -240,7 +240,7 @@ def host_kernels(tmp_path_factory):
 def test_fast_kernels_own_code_on_cpu(host_kernels, kernel, dtype, tf32, dw_kernel, monkeypatch):
     """The code of kernels/gemm_fast.cu itself (tiles, double buffering, mma fragment layouts,
     edges: 2 x 2 output tiles, several k tiles, counts varying by group, all-kept / none-kept /
-    one-kept groups), run on the CPU with one thread per CUDA thread and mma.sync carried out as
+    one-kept groups), run on the CPU with one fiber per CUDA thread and mma.sync carried out as
     the PTX ISA defines it, against the torch backend: what can be checked of the CUDA code
     without a GPU. (Each launch is also checked against its contract by the emulator.)"""
     run, names = kernel_emulator.host_launcher(host_kernels), []
