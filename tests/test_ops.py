@@ -152,6 +152,33 @@ def test_per_step_weight_gradients_fold_into_one_grouped_gemm():
     assert calls == [5]
 
 
+@pytest.mark.parametrize("ops", BACKENDS)
+def test_recurrent_weight_gradient_is_one_gemm_over_all_steps(ops):
+    """The input-fed decoder's per-step cells read W_hh detached (no per-step weight gradient);
+    its gradient, one GEMM over the taps of all steps, equals that of plain per-step cells."""
+    from onmt_sdrop.nn import lstm_cell, recurrent_weight
+
+    torch.manual_seed(0)
+    cell = torch.nn.LSTMCell(6, 5).double()
+    gxs = torch.randn(4, 3, 20, dtype=torch.float64, requires_grad=True)
+
+    def run(step):
+        h = c = torch.zeros(3, 5, dtype=torch.float64)
+        outs = []
+        for t in range(4):
+            h, c = step(gxs[t] + h.sum(), h, c)   # h feeds the next input too, as input feed does
+            outs.append(h * (t + 1))
+        return torch.autograd.grad(torch.stack(outs).sum(), (gxs, cell.weight_hh))
+
+    w_hh = recurrent_weight(cell)
+    assert not w_hh.w.requires_grad
+    got = run(lambda gx, h, c: lstm_cell(ops, gx, w_hh, h, c))
+    want = run(lambda gx, h, c: ops.lstm_cell(gx, cell.weight_hh, h, c))
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, rtol=1e-12, atol=1e-12)
+    assert w_hh.pending == []
+
+
 def test_torch_backend_reads_and_writes_each_window_as_one_block():
     """On the torch backend a consumer weight is permuted window-major: each group's slice of it
     (and of its gradient) is one contiguous block, which a CPU GEMM handles much faster than a

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import torch
 
+from ..ops.common import StepSummedWeight
+
 
 def reverse_padded(x: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tensor:
     """Reverse each sequence of ``x`` (T, B, ...) within its own length; padding stays in place."""
@@ -70,6 +72,13 @@ def run_lstm(rnn: torch.nn.LSTM, x: torch.Tensor, sites, ops, lengths=None, stat
     return x, (torch.cat(h_n, 0), torch.cat(c_n, 0))
 
 
-def lstm_cell(ops, gx: torch.Tensor, cell: torch.nn.LSTMCell, h: torch.Tensor, c: torch.Tensor):
-    """One step of ``cell`` given its input projection ``gx`` (B, 4h) with both biases added."""
-    return ops.lstm_cell(gx, cell.weight_hh, h, c)
+def recurrent_weight(cell: torch.nn.LSTMCell) -> StepSummedWeight:
+    """``cell``'s ``W_hh`` for one batch of per-step calls: its gradient is one GEMM over all
+    steps."""
+    return StepSummedWeight(cell.weight_hh)
+
+
+def lstm_cell(ops, gx: torch.Tensor, w_hh: StepSummedWeight, h: torch.Tensor, c: torch.Tensor):
+    """One step of an LSTM cell given its input projection ``gx`` (B, 4h) with both biases added
+    and its :func:`recurrent_weight`."""
+    return ops.lstm_cell(w_hh.tap(gx, h), w_hh.w, h, c)

@@ -130,6 +130,54 @@ def permute_weight_window_major(w: torch.Tensor, mask: StepMask, dim: int) -> Wi
     return WindowedWeight(w, mask, dim, window_major=True)
 
 
+class StepSummedWeight:
+    """A dense weight that per-step ops read (the input-fed decoder's ``W_hh``), with its gradient
+    ``sum_t dG_t^T h_{t-1}`` computed by ONE GEMM over all steps after the last step's backward,
+    as haste does, instead of one short GEMM (inner dimension B) and one accumulation per step.
+
+    ``w`` is what the step reads (detached, so the step computes no weight gradient); each step
+    passes its gate pre-activation through :meth:`tap`, whose gradient is ``dG_t``."""
+
+    def __init__(self, w: torch.Tensor):
+        self.w = w.detach()
+        self.pending = []
+        self.token = _FoldSteps.apply(w, self)
+
+    def tap(self, gates_in: torch.Tensor, h_prev: torch.Tensor) -> torch.Tensor:
+        """``gates_in`` unchanged; in backward its gradient and ``h_prev`` go to the fold."""
+        return _Tap.apply(gates_in, self.token, self, h_prev)
+
+
+class _Tap(Function):
+    @staticmethod
+    def forward(ctx, gates_in, token, sw, h_prev):
+        ctx.sw = sw
+        ctx.save_for_backward(h_prev)
+        return gates_in.view_as(gates_in)
+
+    @staticmethod
+    def backward(ctx, d_gates):
+        h_prev, = ctx.saved_tensors
+        ctx.sw.pending.append((d_gates, h_prev))
+        return d_gates, None, None, None
+
+
+class _FoldSteps(Function):
+    @staticmethod
+    def forward(ctx, w, sw):
+        ctx.sw, ctx.dtype = sw, w.dtype
+        return w.new_zeros(())
+
+    @staticmethod
+    def backward(ctx, _):
+        pending, ctx.sw.pending = ctx.sw.pending, []
+        if not pending:
+            return None, None
+        d_gates = torch.cat([d for d, _ in pending])
+        h_prev = torch.cat([h for _, h in pending]).to(d_gates.dtype)
+        return (d_gates.t() @ h_prev).to(ctx.dtype), None
+
+
 # ---------------------------------------------------------------- the autograd op
 #
 # A backend supplies the six grouped GEMMs of kernels/grouped_gemm.cu's table (consumer_fwd,

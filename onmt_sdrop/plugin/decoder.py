@@ -15,7 +15,7 @@ from onmt.modules.sparse_activations import sparsemax
 from onmt.utils.misc import sequence_mask
 
 from ..errors import SdropError
-from ..nn import lstm_cell, run_lstm
+from ..nn import lstm_cell, recurrent_weight, run_lstm
 from .base import SdropMixin
 from .config import SdropConfig, dropout_rate
 from .generator import GeneratorLink
@@ -145,6 +145,7 @@ class SdropInputFeedDecoder(_SdropDecoderMixin, InputFeedRNNDecoder):
         emb_proj = (s_emb.matmul(emb_v, None, s_emb.prep(w0[:, :emb_size], 1))
                     + (cells[0].bias_ih + cells[0].bias_hh)).unbind(0)  # one backward op, not T
         bias_mid = [cell.bias_ih + cell.bias_hh for cell in cells[1:]]
+        w_hh = [recurrent_weight(cell) for cell in cells]
         feed_proj = F.linear(input_feed, w0[:, emb_size:])    # the carried feed is dense
         need_dec_in = self.context_gate is not None
         emb_d = s_emb.dense(emb_v, None).unbind(0) if need_dec_in else None
@@ -161,13 +162,13 @@ class SdropInputFeedDecoder(_SdropDecoderMixin, InputFeedRNNDecoder):
         per_step_dense = need_dec_in or self.copy_attn is not None
         for t in range(steps):
             x = None
-            for i, cell in enumerate(cells):
+            for i in range(len(cells)):
                 if i == 0:
                     gx = emb_proj[t] + feed_proj
                 else:
                     gx = s_mid[i - 1].matmul(s_mid[i - 1].drop(x, t), t, w_mid[i - 1]) \
                         + bias_mid[i - 1]
-                h[i], c[i] = lstm_cell(ops, gx, cell, h[i], c[i])
+                h[i], c[i] = lstm_cell(ops, gx, w_hh[i], h[i], c[i])
                 x = h[i]
             dec_in = torch.cat([emb_d[t], input_feed], 1) if need_dec_in else None
             out_v, p_attn = self._attend(x, memory, dec_in, s_out, t, out_layer)
