@@ -77,9 +77,13 @@ STOCK_SYNC_NOTE = (
     "LossCompute.forward, and in LossCompute._stats pred.eq(target).masked_select(non_padding)"
     ".sum().item() (a masked_select, whose output size is read back, then an .item()) and "
     "non_padding.sum().item(); with -normalization tokens also num_tokens.item() per batch in "
-    "_accum_batches. Batches reach the GPU with blocking copies (-num_workers 0: tensorify "
-    "builds them on the device from pageable host memory; > 0: OnDeviceDatasetIter's .to(device) "
-    "of the pinned batch without non_blocking), and the stock brnn encoder reads src_len back "
+    "_accum_batches. Batches reach the GPU with blocking copies: with -num_workers 0 "
+    "tensorify (onmt/inputters/text_utils.py) makes every sentence's source and target ids a "
+    "tensor on the device, torch.tensor(ids, device=cuda), one pageable host-to-device copy per "
+    "sentence and side (about twice the batch size per step), plus srclen; with > 0 the workers "
+    "build the batch on the host and OnDeviceDatasetIter copies each of its tensors with "
+    ".to(device), pinned but not non_blocking (a few per step). The stock brnn encoder reads "
+    "src_len back "
     "(pack_padded_sequence's lengths.tolist()). The sdrop encoder/decoder/generator add none "
     "(tests/test_trainer_profile.py).")
 
