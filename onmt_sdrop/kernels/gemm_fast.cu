@@ -154,18 +154,53 @@ struct WindowTiles {
     __device__ bool valid(const KPos& p) const { return p.g < groups; }
 };
 
-// Operand loaders: element (m, k) of A's tile / (k, n) of B's tile, zero outside the matrix.
-// k_fast / n_fast: whether consecutive k (A) / n (B) are adjacent in memory, so that consecutive
-// threads load adjacent addresses.
+// Which elements of a ROWS x COLS tile thread `tid` of THREADS loads: element e = tid + l*THREADS
+// (l < ROWS*COLS/THREADS) walks the fast axis with consecutive threads, so that they load
+// adjacent addresses. Because THREADS is a multiple of the fast extent, thread tid's elements
+// are (r0 + l*dr, c0 + l*dc), one of dr, dc zero.
+struct Lanes {
+    int r0, c0, dr, dc;
+};
+template <int ROWS, int COLS, int THREADS>
+__device__ __forceinline__ Lanes lanes(int tid, bool col_fast) {
+    static_assert(THREADS % ROWS == 0 && THREADS % COLS == 0, "threads must cover a line");
+    return col_fast ? Lanes{tid / COLS, tid % COLS, THREADS / COLS, 0}
+                    : Lanes{tid % ROWS, tid / ROWS, 0, THREADS / ROWS};
+}
+
+// out[l] = V(r + l*dr, c + l*dc) of the view V(i, j) = v[i*rs + j*cs], zero outside
+// r_lo <= i < r_hi, j < c_hi. A thread whose elements are all inside (interior tiles) loads
+// with no per-element test.
+template <int L, typename R>
+__device__ __forceinline__ void load_view(R (&out)[L], const R* v, long long rs, long long cs,
+                                          long long r, long long c, const Lanes& ln,
+                                          long long r_lo, long long r_hi, long long c_hi) {
+    const R* p = v + r * rs + c * cs;
+    const long long step = ln.dr * rs + ln.dc * cs;
+    if (r >= r_lo && r + (long long)ln.dr * (L - 1) < r_hi && c + (long long)ln.dc * (L - 1) < c_hi) {
+#pragma unroll
+        for (int l = 0; l < L; ++l) out[l] = p[l * step];
+    } else {
+#pragma unroll
+        for (int l = 0; l < L; ++l) {
+            const long long i = r + (long long)l * ln.dr, j = c + (long long)l * ln.dc;
+            out[l] = (i >= r_lo && i < r_hi && j < c_hi) ? p[l * step] : R(0);
+        }
+    }
+}
+
+// Operand loaders: a thread's elements (m, k) of A's tile / (k, n) of B's tile for k tile `t`,
+// zero outside the matrix. k_fast / n_fast: whether consecutive k (A) / n (B) are adjacent in
+// memory.
 template <typename R>
 struct GemmA {
     const R* p;
     long long rs, cs;
     int M, K, m0;
     __device__ bool k_fast() const { return cs == 1; }
-    __device__ R at(int m, int k, const KPos& t) const {
-        const int mm = m0 + m, kk = t.k0 + k;
-        return (mm < M && kk < K) ? p[mm * rs + kk * cs] : R(0);
+    template <int L>
+    __device__ void load(R (&out)[L], const Lanes& ln, const KPos& t) const {
+        load_view<L>(out, p, rs, cs, m0 + ln.r0, t.k0 + ln.c0, ln, 0, M, K);
     }
 };
 template <typename R>
@@ -174,9 +209,9 @@ struct GemmB {
     long long rs, cs;
     int K, N, n0;
     __device__ bool n_fast() const { return cs == 1; }
-    __device__ R at(int k, int n, const KPos& t) const {
-        const int kk = t.k0 + k, nn = n0 + n;
-        return (kk < K && nn < N) ? p[kk * rs + nn * cs] : R(0);
+    template <int L>
+    __device__ void load(R (&out)[L], const Lanes& ln, const KPos& t) const {
+        load_view<L>(out, p, rs, cs, t.k0 + ln.r0, n0 + ln.c0, ln, 0, K, N);
     }
 };
 // window_dw: A(u, b) = Q[g][b][u - off[g]] inside the window, B(b, v) = P[g][b][v].
@@ -186,10 +221,10 @@ struct WinA {
     long long q_g, q_b;
     int rows, m0;
     __device__ bool k_fast() const { return false; }
-    __device__ R at(int m, int k, const KPos& t) const {
-        const long long j = (long long)(m0 + m) - t.o;
-        const int b = t.k0 + k;
-        return (b < rows && j >= 0 && j < t.cnt) ? q[t.g * q_g + b * q_b + j] : R(0);
+    template <int L>
+    __device__ void load(R (&out)[L], const Lanes& ln, const KPos& t) const {
+        load_view<L>(out, q + t.g * q_g, 1, q_b, m0 + ln.r0 - t.o, t.k0 + ln.c0, ln, 0, t.cnt,
+                     rows);
     }
 };
 template <typename R>
@@ -198,18 +233,11 @@ struct WinB {
     long long p_g, p_b;
     int rows, N, n0;
     __device__ bool n_fast() const { return true; }
-    __device__ R at(int k, int n, const KPos& t) const {
-        const int b = t.k0 + k, v = n0 + n;
-        return (b < rows && v < N) ? p[t.g * p_g + b * p_b + v] : R(0);
+    template <int L>
+    __device__ void load(R (&out)[L], const Lanes& ln, const KPos& t) const {
+        load_view<L>(out, p + t.g * p_g, p_b, 1, t.k0 + ln.r0, n0 + ln.c0, ln, 0, rows, N);
     }
 };
-
-// Element e (0 .. BM*BK) of a tile -> (row, col) such that consecutive e walk the fast axis.
-template <int R_, int C_>
-__device__ __forceinline__ void tile_rc(int e, bool col_fast, int& r, int& c) {
-    if (col_fast) { r = e / C_; c = e % C_; }
-    else { c = e / R_; r = e % R_; }
-}
 
 // ------------------------------------------------------------------ "tiled": register-blocked SIMT
 
@@ -227,7 +255,8 @@ __device__ __forceinline__ void tiled_mainloop(const LA& la, const LB& lb, const
     __shared__ __align__(16) float As[2][T_BK][T_BM + 4];   // A transposed: (k, m)
     __shared__ __align__(16) float Bs[2][T_BK][T_BN + 4];   // (k, n)
     const int tid = threadIdx.y * 16 + threadIdx.x, tx = threadIdx.x, ty = threadIdx.y;
-    const bool a_kf = la.k_fast(), b_nf = lb.n_fast();
+    const Lanes al = lanes<T_BM, T_BK, T_THREADS>(tid, la.k_fast());
+    const Lanes bl = lanes<T_BK, T_BN, T_THREADS>(tid, lb.n_fast());
     R ra[T_LOADS], rb[T_LOADS];
 #pragma unroll
     for (int i = 0; i < 4; ++i)
@@ -236,20 +265,12 @@ __device__ __forceinline__ void tiled_mainloop(const LA& la, const LB& lb, const
     if (!tiles.valid(kp)) return;
 
 #define T_LOAD(kp_)                                                                               \
-    _Pragma("unroll") for (int l = 0; l < T_LOADS; ++l) {                                         \
-        int r, c;                                                                                 \
-        tile_rc<T_BM, T_BK>(tid + l * T_THREADS, a_kf, r, c);                                     \
-        ra[l] = la.at(r, c, kp_);                                                                 \
-        tile_rc<T_BK, T_BN>(tid + l * T_THREADS, b_nf, r, c);                                     \
-        rb[l] = lb.at(r, c, kp_);                                                                 \
-    }
+    la.load(ra, al, kp_);                                                                         \
+    lb.load(rb, bl, kp_);
 #define T_STORE(buf_)                                                                             \
     _Pragma("unroll") for (int l = 0; l < T_LOADS; ++l) {                                         \
-        int r, c;                                                                                 \
-        tile_rc<T_BM, T_BK>(tid + l * T_THREADS, a_kf, r, c);                                     \
-        As[buf_][c][r] = E::to_f(ra[l]);                                                          \
-        tile_rc<T_BK, T_BN>(tid + l * T_THREADS, b_nf, r, c);                                     \
-        Bs[buf_][r][c] = E::to_f(rb[l]);                                                          \
+        As[buf_][al.c0 + l * al.dc][al.r0 + l * al.dr] = E::to_f(ra[l]);                          \
+        Bs[buf_][bl.r0 + l * bl.dr][bl.c0 + l * bl.dc] = E::to_f(rb[l]);                          \
     }
 
     T_LOAD(kp)
@@ -375,7 +396,8 @@ __device__ __forceinline__ void tc_mainloop(const LA& la, const LB& lb, const Ti
     __shared__ __align__(16) S Bs[2][C_BN][LD];   // (n, k)
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int wm = warp >> 1, wn = warp & 1, g = lane >> 2, t = lane & 3;
-    const bool a_kf = la.k_fast(), b_nf = lb.n_fast();
+    const Lanes al = lanes<C_BM, C_BK, C_THREADS>(tid, la.k_fast());
+    const Lanes bl = lanes<C_BK, C_BN, C_THREADS>(tid, lb.n_fast());
     R ra[C_LOADS], rb[C_LOADS];
 #pragma unroll
     for (int mi = 0; mi < 2; ++mi)
@@ -386,20 +408,12 @@ __device__ __forceinline__ void tc_mainloop(const LA& la, const LB& lb, const Ti
     if (!tiles.valid(kp)) return;
 
 #define C_LOAD(kp_)                                                                               \
-    _Pragma("unroll") for (int l = 0; l < C_LOADS; ++l) {                                         \
-        int r, c;                                                                                 \
-        tile_rc<C_BM, C_BK>(tid + l * C_THREADS, a_kf, r, c);                                     \
-        ra[l] = la.at(r, c, kp_);                                                                 \
-        tile_rc<C_BK, C_BN>(tid + l * C_THREADS, b_nf, r, c);                                     \
-        rb[l] = lb.at(r, c, kp_);                                                                 \
-    }
+    la.load(ra, al, kp_);                                                                         \
+    lb.load(rb, bl, kp_);
 #define C_STORE(buf_)                                                                             \
     _Pragma("unroll") for (int l = 0; l < C_LOADS; ++l) {                                         \
-        int r, c;                                                                                 \
-        tile_rc<C_BM, C_BK>(tid + l * C_THREADS, a_kf, r, c);                                     \
-        As[buf_][r][c] = St::put(ra[l]);                                                          \
-        tile_rc<C_BK, C_BN>(tid + l * C_THREADS, b_nf, r, c);                                     \
-        Bs[buf_][c][r] = St::put(rb[l]);                                                          \
+        As[buf_][al.r0 + l * al.dr][al.c0 + l * al.dc] = St::put(ra[l]);                          \
+        Bs[buf_][bl.c0 + l * bl.dc][bl.r0 + l * bl.dr] = St::put(rb[l]);                          \
     }
 
     C_LOAD(kp)

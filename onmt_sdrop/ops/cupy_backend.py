@@ -181,7 +181,9 @@ def _cublas_batched(ptrs, operands, *, transa, transb, m, n, k, lda, ldb, ldc, a
         cublas.setMathMode(handle, CUBLAS_TF32_TENSOR_OP_MATH if tf32_allowed()
                            else CUBLAS_DEFAULT_MATH)
         cublas.setPointerMode(handle, CUBLAS_POINTER_MODE_HOST)
-        with _stream():   # CuPy sets the handle's stream to its current stream: torch's
+        stream = torch.cuda.current_stream().cuda_stream
+        cublas.setStream(handle, stream)
+        with _stream():   # CuPy's wrapper sets the handle's stream to its current one: torch's
             cublas.sgemmBatched(handle, transa, transb, m, n, k, al.ctypes.data, a_p.data_ptr(),
                                 lda, b_p.data_ptr(), ldb, be.ctypes.data, c_p.data_ptr(), ldc,
                                 a_p.numel())
