@@ -195,6 +195,7 @@ class Recorder:
         self.kernel_stats = None
         self.graph_keys: set = set()
         self.valid_s: list = []
+        self.errors: list = []
 
     def _mode_of(self, step: int) -> str:
         for name, n in self.plan:
@@ -271,8 +272,17 @@ class Recorder:
         self.words = n_words
 
     def _switch(self, old: str, new: str) -> None:
+        """Leave window ``old``, enter ``new``; a census or profiler that fails is recorded,
+        never the end of the training run (the timed windows come first)."""
         if old == new:
             return
+        try:
+            self._switch_windows(old, new)
+        except Exception as exc:  # noqa: BLE001
+            self.errors.append(f"{old} -> {new}: {type(exc).__name__}: {exc}")
+            self._census_mode = self._prof = None
+
+    def _switch_windows(self, old: str, new: str) -> None:
         if old == "census" and self._census_mode is not None:
             self._census_mode.__exit__(None, None, None)
             self._census_mode = None
@@ -476,7 +486,7 @@ def summarise(rec: Recorder, plan: dict) -> dict:
             else "throughput (a CPU runs synchronously)"
         out["profiled_ms_per_step"] = round(total, 2)
     cen = plan.get("census", 0)
-    if cen:
+    if cen and not any("census" in e for e in rec.errors):
         rows = [{"phase": ph, "what": what, "where": where, "per_step": round(c / cen, 2),
                  **{"note": note for f, note in HOST_READS.items() if where.startswith(f)}}
                 for (ph, what, where), c in sorted(rec.census.items())]
@@ -682,6 +692,13 @@ def _main(args, MODELS, profile) -> int:
                         "(with -num_workers > 0 OpenNMT-py 3.5.1 starts fresh DataLoader "
                         "workers for every validation: compare the rows of -num_workers 0 and 2)",
         "stock_trainer_syncs": STOCK_SYNC_NOTE,
+        "census_note": "syncs: aten ops seen by a dispatch mode in the census step, per phase and "
+                       "OpenNMT-py/onmt_sdrop source line; on a CPU every tensor is a host "
+                       "tensor, so value reads stand for device reads except the host reads by "
+                       "design (note). torch.tensor(data, device=cuda) copies inside tensor "
+                       "construction (tensorify with -num_workers 0) and cuDNN's own reads are "
+                       "invisible to a dispatch mode: profiler_per_step's synchronizations and "
+                       "memcpy counts (GPU) include them",
         "variants": [],
     }
 
@@ -711,12 +728,17 @@ def _main(args, MODELS, profile) -> int:
                "options": [*MODELS[model], *vextra]}
         try:
             run_variant(name, opts, rec)
-            row.update(summarise(rec, plan))
         except SystemExit as exc:
             row["error"] = f"onmt_train exited with status {exc.code}"
         except Exception as exc:  # noqa: BLE001 - recorded; the other variants go on
             traceback.print_exc()
             row["error"] = f"{type(exc).__name__}: {exc}"
+        try:   # what the windows that finished measured
+            row.update(summarise(rec, plan))
+        except Exception as exc:  # noqa: BLE001
+            row["summary_error"] = f"{type(exc).__name__}: {exc}"
+        if rec.errors:
+            row["window_errors"] = rec.errors
         row["run_s"] = round(time.perf_counter() - t0, 1)
         if gpu:
             row["peak_mem_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
@@ -783,11 +805,12 @@ def table(result) -> str:
     for r in result["variants"]:
         label = r["variant"] + (f"/nw{r['num_workers']}" if r["num_workers"] else "") + \
             (f"#{r['repeat']}" if result["config"]["repeat"] > 1 else "")
-        if "error" in r:
-            lines.append(f"{label:<16} error: {r['error']}")
+        if "error" in r or "window_errors" in r:
+            lines.append(f"{label:<16} error: {r.get('error') or r['window_errors']}")
+        if "tok_s" not in r:
             continue
         ph = r.get("phases_ms", {})
-        syncs = sum(r.get("syncs_per_step_by_phase", {}).values())
+        syncs = sum(r["syncs_per_step_by_phase"].values()) if "syncs" in r else float("nan")
         lines.append(f"{label:<16}{r.get('tok_s', 0):>9.0f}{r.get('ms_per_step', 0):>9.1f}"
                      f"{r.get('bare_tok_s', float('nan')):>11.0f}  " +
                      " ".join(f"{ph.get(p, float('nan')):>9.1f}" for p in PHASES) +
