@@ -263,6 +263,23 @@ def test_fast_kernels_own_code_on_cpu(host_kernels, kernel, dtype, tf32, dw_kern
     assert len(names) == 2 * 6 and all(family in n for n in names), names
 
 
+def test_kernel_defaults_and_environment():
+    """The GPU-validated kernels are the default; SDROP_GEMM_KERNEL / SDROP_DW_KERNEL choose
+    others for a whole run, and a wrong name is one clear error."""
+    import subprocess
+    import sys
+
+    code = "from onmt_sdrop.ops import cupy_backend as c; print(c.GEMM_KERNEL, c.DW_KERNEL)"
+    env = {k: v for k, v in __import__("os").environ.items() if not k.startswith("SDROP_")}
+    run = lambda **e: subprocess.run([sys.executable, "-c", code], env={**env, **e},  # noqa
+                                     capture_output=True, text=True, timeout=120)
+    assert run().stdout.split() == ["simt", "atomic"]
+    assert run(SDROP_GEMM_KERNEL="tensor", SDROP_DW_KERNEL="tiles").stdout.split() == \
+        ["tensor", "tiles"]
+    bad = run(SDROP_GEMM_KERNEL="fast")
+    assert bad.returncode != 0 and "SDROP_GEMM_KERNEL must be one of" in bad.stderr
+
+
 def test_tf32_follows_torch():
     """TF32 is off unless the user turns it on through torch (either API)."""
     matmul = torch.backends.cuda.matmul
@@ -306,9 +323,10 @@ def test_gpu_bench_micro_times_every_kernel_choice(monkeypatch):
 
     monkeypatch.setattr(cupy_backend, "_launch", kernel_emulator.launch)
     monkeypatch.setattr(cupy_backend, "_cublas_batched", kernel_emulator.cublas_batched)
+    before = cupy_backend.GEMM_KERNEL, cupy_backend.DW_KERNEL
     rows = gpu_bench.micro(cupy_backend, "cpu", size="default", precision="fp32", hidden=24,
                            batch=4, steps=3, vocab=30, reps=1)
-    assert (cupy_backend.GEMM_KERNEL, cupy_backend.DW_KERNEL) == ("simt", "atomic")  # restored
+    assert (cupy_backend.GEMM_KERNEL, cupy_backend.DW_KERNEL) == before   # restored
     got = {(r["gemm"], r["kernel"]): r["runs"] for r in rows if r["part"] != "prep"}
     want = {(f"{side}_{part}", g) for side in ("consumer", "producer") for part in ("fwd", "dx")
             for g in cupy_backend.GEMM_KERNELS}

@@ -11,6 +11,7 @@ Inputs may be float32, float16 or bfloat16. Which kernels run the grouped GEMMs 
 from __future__ import annotations
 
 import functools
+import os
 import sys
 from pathlib import Path
 from typing import NamedTuple
@@ -87,10 +88,15 @@ def _windows(mask: StepMask, device):
 # block owns a dW tile and loops over the groups whose window meets it).
 # Only "simt" + "atomic" has run on a GPU; the others are compiled by nvcc and emulated in the
 # tests (tests/kernel_emulator.py); bench/gpu_check.sh tests and times all of them.
+# The environment variables SDROP_GEMM_KERNEL / SDROP_DW_KERNEL set them for a whole run (e.g.
+# onmt_train) without code.
 GEMM_KERNELS = ("simt", "tiled", "tensor", "cublas")
-GEMM_KERNEL = "simt"
 DW_KERNELS = ("atomic", "tiles")
-DW_KERNEL = "atomic"
+GEMM_KERNEL = os.environ.get("SDROP_GEMM_KERNEL", "simt")
+DW_KERNEL = os.environ.get("SDROP_DW_KERNEL", "atomic")
+if GEMM_KERNEL not in GEMM_KERNELS or DW_KERNEL not in DW_KERNELS:
+    raise ValueError(f"SDROP_GEMM_KERNEL must be one of {GEMM_KERNELS} and SDROP_DW_KERNEL one "
+                     f"of {DW_KERNELS}, got {GEMM_KERNEL!r}, {DW_KERNEL!r}")
 
 
 class _Family(NamedTuple):
