@@ -62,7 +62,7 @@ if [ "$stage" = trainer ]; then
     OUT=${OUT:-bench/results}
     data=(--data data/iwslt14-sample)
     [ -e recipes/work/gpu-data/train.en.xz ] && data=(--data recipes/work/gpu-data --langs en,de)
-    set -- --gpu "${data[@]}" --variants stock,sdrop,sdrop_graphs --num-workers 0,2 \
+    set -- --gpu "${data[@]}" --variants stock,sdrop,sdrop_graphs --num-workers 2,0 \
       --steps "${STEPS:-30}" --profile-steps 20 --kernels 3 --bare-steps 20 \
       --out "$OUT" --note "recipes/gpu_check.sh --trainer-profile"
   else
