@@ -43,6 +43,7 @@ import json
 import lzma
 import os
 import platform
+import shlex
 import sys
 import tempfile
 import time
@@ -676,7 +677,7 @@ def _main(args, MODELS, profile) -> int:
         "torch": torch.__version__,
         "date": date,
         "note": args.note,
-        "command": "python bench/trainer_profile.py " + " ".join(args.argv),
+        "command": "python bench/trainer_profile.py " + shlex.join(args.argv),
         "config": {"profile": args.profile, "train_args": train_args, "extra": extra,
                    "data": data, "plan_steps": plan, "bare_steps": bare_steps,
                    "repeat": args.repeat,
