@@ -67,7 +67,12 @@ typedef unsigned short u16;
 typedef unsigned int u32;
 
 static inline float h2f(u16 v) { _Float16 h; std::memcpy(&h, &v, 2); return (float)h; }
-static inline u16 f2h(float v) { _Float16 h = (_Float16)v; u16 r; std::memcpy(&r, &h, 2); return r; }
+static inline u16 f2h(float v) {
+    _Float16 h = (_Float16)v;
+    u16 r;
+    std::memcpy(&r, &h, 2);
+    return r;
+}
 static inline u32 f2tf32(float v) { return (__float_as_uint(v) + 0x1000u) & ~0x1fffu; }
 
 // One warp's mma: every lane deposits its fragments, then computes its own D elements.
@@ -76,8 +81,13 @@ struct WarpMma {
 };
 static std::vector<WarpMma> warp_mma;
 
-static inline float lo16(u32 r, bool bf) { return bf ? __uint_as_float(r << 16) : h2f((u16)(r & 0xffff)); }
-static inline float hi16(u32 r, bool bf) { return bf ? __uint_as_float(r & 0xffff0000u) : h2f((u16)(r >> 16)); }
+// the lower / upper 16-bit element of a register (the lower has the smaller index)
+static inline float lo16(u32 r, bool bf) {
+    return bf ? __uint_as_float(r << 16) : h2f((u16)(r & 0xffff));
+}
+static inline float hi16(u32 r, bool bf) {
+    return bf ? __uint_as_float(r & 0xffff0000u) : h2f((u16)(r >> 16));
+}
 
 template <int KDIM, bool BF>
 static void mma_emulated(float (&d)[4], const u32 (&a)[4], const u32 (&b)[2]) {
@@ -96,7 +106,8 @@ static void mma_emulated(float (&d)[4], const u32 (&a)[4], const u32 (&b)[2]) {
             w.b[k + 1][g] = hi16(b[i], BF);
         }
     } else {            // tf32
-        for (int i = 0; i < 4; ++i) w.a[g + ((i & 1) ? 8 : 0)][t + ((i & 2) ? 4 : 0)] = __uint_as_float(a[i]);
+        for (int i = 0; i < 4; ++i)
+            w.a[g + ((i & 1) ? 8 : 0)][t + ((i & 2) ? 4 : 0)] = __uint_as_float(a[i]);
         for (int i = 0; i < 2; ++i) w.b[t + (i ? 4 : 0)][g] = __uint_as_float(b[i]);
     }
     for (int i = 0; i < 4; ++i) w.c[g + ((i & 2) ? 8 : 0)][2 * t + (i & 1)] = d[i];
@@ -109,9 +120,15 @@ static void mma_emulated(float (&d)[4], const u32 (&a)[4], const u32 (&b)[2]) {
     }
     barrier();               // nobody deposits the next mma's fragments before all have read
 }
-static inline void mma_f16(float (&d)[4], const u32 (&a)[4], const u32 (&b)[2]) { mma_emulated<16, false>(d, a, b); }
-static inline void mma_bf16(float (&d)[4], const u32 (&a)[4], const u32 (&b)[2]) { mma_emulated<16, true>(d, a, b); }
-static inline void mma_tf32(float (&d)[4], const u32 (&a)[4], const u32 (&b)[2]) { mma_emulated<8, false>(d, a, b); }
+static inline void mma_f16(float (&d)[4], const u32 (&a)[4], const u32 (&b)[2]) {
+    mma_emulated<16, false>(d, a, b);
+}
+static inline void mma_bf16(float (&d)[4], const u32 (&a)[4], const u32 (&b)[2]) {
+    mma_emulated<16, true>(d, a, b);
+}
+static inline void mma_tf32(float (&d)[4], const u32 (&a)[4], const u32 (&b)[2]) {
+    mma_emulated<8, false>(d, a, b);
+}
 
 #define SDROP_HOST_EMU 1
 #include "../onmt_sdrop/kernels/gemm_fast.cu"
@@ -130,7 +147,8 @@ static void run_grid(int gx, int gy, int gz, int bx, int by, int bz, F kernel) {
                 for (int t = 0; t < threads; ++t) {
                     Fiber& f = fibers[t];
                     f.stack.resize(1 << 16);
-                    f.tid = dim3{(unsigned)(t % bx), (unsigned)(t / bx % by), (unsigned)(t / (bx * by))};
+                    f.tid = dim3{(unsigned)(t % bx), (unsigned)(t / bx % by),
+                                 (unsigned)(t / (bx * by))};
                     f.done = false;
                     getcontext(&f.ctx);
                     f.ctx.uc_stack.ss_sp = f.stack.data();

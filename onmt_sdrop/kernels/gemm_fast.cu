@@ -71,7 +71,7 @@ __device__ __forceinline__ u32 f2tf32(float v) {   // round to nearest, ties awa
 #define MMA_BODY(SHAPE, TYPE)                                                                     \
     asm volatile("mma.sync.aligned." SHAPE ".row.col.f32." TYPE "." TYPE ".f32 "                  \
                  "{%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};"                 \
-                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])                                   \
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])                                  \
                  : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
 #else
 #define MMA_BODY(SHAPE, TYPE) (void)d; (void)a; (void)b; __trap();
@@ -177,7 +177,8 @@ __device__ __forceinline__ void load_view(R (&out)[L], const R* v, long long rs,
                                           long long r_lo, long long r_hi, long long c_hi) {
     const R* p = v + r * rs + c * cs;
     const long long step = ln.dr * rs + ln.dc * cs;
-    if (r >= r_lo && r + (long long)ln.dr * (L - 1) < r_hi && c + (long long)ln.dc * (L - 1) < c_hi) {
+    const long long r_end = r + (long long)ln.dr * (L - 1), c_end = c + (long long)ln.dc * (L - 1);
+    if (r >= r_lo && r_end < r_hi && c_end < c_hi) {
 #pragma unroll
         for (int l = 0; l < L; ++l) out[l] = p[l * step];
     } else {
@@ -457,7 +458,7 @@ __device__ __forceinline__ void tc_mainloop(const LA& la, const LB& lb, const Ti
 #define GEMM_PASS off, cnt, mode, m_full, n_full, k_full, a_g, a_o, a_rs, a_cs, b_g, b_o, b_rs,   \
     b_cs, c_g, c_o, c_rs, c_cs
 #define WDW_ARGS                                                                                  \
-    const long long *off, const long long *cnt, int groups, int rows, int u_len, int v_len,         \
+    const long long *off, const long long *cnt, int groups, int rows, int u_len, int v_len,        \
     long long q_g, long long q_b, long long p_g, long long p_b, long long dw_u, long long dw_v
 #define WDW_PASS off, cnt, groups, rows, u_len, v_len, q_g, q_b, p_g, p_b, dw_u, dw_v
 

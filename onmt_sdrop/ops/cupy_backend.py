@@ -204,7 +204,7 @@ CUBLAS_OP_N, CUBLAS_OP_T = 0, 1
 
 
 def _pointers(t: torch.Tensor, off: torch.Tensor, g_stride: int, o_stride: int) -> torch.Tensor:
-    """Device addresses ``t + g * g_stride + off[g] * o_stride`` (elements), int64, on the device."""
+    """Addresses ``t + g * g_stride + off[g] * o_stride`` (in elements), int64, on the device."""
     size = t.element_size()
     g = torch.arange(off.numel(), device=off.device, dtype=torch.long)
     return (off * (o_stride * size) + g * (g_stride * size)) + t.data_ptr()
