@@ -39,6 +39,7 @@ from __future__ import annotations
 import argparse
 import collections
 import datetime as dt
+import gc
 import json
 import lzma
 import os
@@ -741,6 +742,7 @@ def _main(args, MODELS, profile) -> int:
         if rec.errors:
             row["window_errors"] = rec.errors
         row["run_s"] = round(time.perf_counter() - t0, 1)
+        gc.collect()    # the run's trainer, model and DataLoader workers go now, not later
         if gpu:
             row["peak_mem_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
             torch.cuda.reset_peak_memory_stats()
