@@ -337,3 +337,31 @@ def test_gpu_bench_micro_times_every_kernel_choice(monkeypatch):
     assert got[("consumer_fwd", "tiled")] == "gemm_tiled_f32"
     assert got[("producer_dw", "tensor+tiles")] == "window_dw_tiled_f32"   # fp32: no TF32
     assert all(r["compact_ms"] > 0 for r in rows)
+
+
+@pytest.mark.parametrize("kernel,dw,tf32,tol", [("tiled", "tiles", False, 1e-4),
+                                                ("tensor", "atomic", True, 2e-2)])
+def test_full_model_with_kernels_own_code_on_cpu(host_kernels, kernel, dw, tf32, tol,
+                                                   monkeypatch):
+    """A whole sdrop model (encoder, input-fed decoder, generator; weight gradients folded over
+    all steps) with kernels/gemm_fast.cu's own code run on the CPU equals the torch backend."""
+    args = ["-layers", "2", "-hidden_size", "64", "-word_vec_size", "32", "-encoder_type",
+            "sdrop_brnn", "-decoder_type", "sdrop_rnn", "-dropout", "0.3"]
+    ref, _ = build(*args, "-sdrop_backend", "torch", dtype=torch.float32)
+    cuda, _ = build(*args, "-sdrop_backend", "torch", dtype=torch.float32)
+    kernel_emulator.use_cuda_backend([cuda], monkeypatch.setattr,
+                                     launch_with=kernel_emulator.host_launcher(host_kernels))
+    monkeypatch.setattr(cupy_backend, "GEMM_KERNEL", kernel)
+    monkeypatch.setattr(cupy_backend, "DW_KERNEL", dw)
+    monkeypatch.setattr(cupy_backend, "tf32_allowed", lambda: tf32)
+    copy_weights(cuda, ref)
+    res = []
+    for m in (ref, cuda):
+        m.train()
+        torch.manual_seed(5)
+        loss, _ = loss_of(m, *batch())
+        loss.backward()
+        res.append((loss, grads(m)))
+    torch.testing.assert_close(res[1][0], res[0][0], rtol=tol, atol=tol)
+    for k in res[0][1]:
+        torch.testing.assert_close(res[1][1][k], res[0][1][k], rtol=10 * tol, atol=tol, msg=k)
