@@ -11,7 +11,9 @@ the host side by the device, exactly as on a GPU) for the torch backend, compact
 CUDA backend's Python half runs on this CPU through tests/kernel_emulator.py, where everything is
 a host tensor, so there the masks' own host drawing and the emulated launches are left out and
 every other value read counts. Masks drawn on the host and copied in (one pinned, non-blocking
-copy per mask on a GPU) are allowed: host-to-device is not a sync.
+copy per mask on a GPU) are allowed: host-to-device is not a sync, when it is asynchronous from
+pinned memory. So the host-to-device copies are recorded too (``torch.tensor(data, device=...)``
+included, which no dispatch mode sees), and must all be the masks'.
 """
 from __future__ import annotations
 
@@ -38,7 +40,8 @@ def _where() -> str:
     for frame in reversed(traceback.extract_stack()[:-3]):
         for root in ("/onmt_sdrop/", "/onmt/"):
             if root in frame.filename:
-                return f"{root.strip('/')}/{frame.filename.split(root, 1)[1]}:{frame.lineno}"
+                return (f"{root.strip('/')}/{frame.filename.split(root, 1)[1]}:{frame.lineno} "
+                        f"({frame.name})")
     return "elsewhere"
 
 
@@ -53,6 +56,7 @@ class HostSyncs(TorchDispatchMode):
         self.host_too = host_too
         self.paused = 0
         self.found = []
+        self.h2d = []       # host-to-device copies, allowed where masks are copied in
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
@@ -71,6 +75,8 @@ class HostSyncs(TorchDispatchMode):
                     (name == "copy_" and len(args) > 2 and args[2])
                 if src.device.type != "cpu" and dst.type == "cpu":
                     hit = f"copy {src.device.type}->cpu"
+                elif src.device.type == "cpu" and dst.type != "cpu":
+                    self.h2d.append(f"copy cpu->{dst.type} at {_where()}")
                 elif src.device.type == "cpu" and dst.type == "cuda" and not (
                         non_blocking and src.is_pinned()):
                     hit = "blocking or pageable copy cpu->cuda"
@@ -96,6 +102,21 @@ def _placeholder(func, name, args):
     if name.startswith("copy") or name == "_to_copy":
         return torch.ones(x.shape, dtype=x.dtype)
     return torch.zeros(0, dtype=x.dtype, device=x.device)
+
+
+def record_tensor_factories(rec, monkeypatch):
+    """``torch.tensor(data, device=d)`` copies host data to ``d`` inside tensor construction,
+    where no dispatch mode sees it: record those calls too."""
+    for name in ("tensor", "as_tensor"):
+        def make(fn, name=name):
+            def factory(data, *args, **kwargs):
+                device = kwargs.get("device")
+                if device is not None and torch.device(device).type != "cpu" and not \
+                        isinstance(data, torch.Tensor):
+                    rec.h2d.append(f"torch.{name}(host data, device={device}) at {_where()}")
+                return fn(data, *args, **kwargs)
+            return factory
+        monkeypatch.setattr(torch, name, make(getattr(torch, name)))
 
 
 def training_step(model, src, tgt, src_len):
@@ -135,17 +156,37 @@ def test_the_recorder_finds_syncs():
 
 @pytest.mark.parametrize("extra", [[], ["-sdrop_backend", "dense"], ["-input_feed", "0"],
                                    ["-sdrop_step_masks", "3"], ["-sdrop_pattern", "fixed"]])
-def test_sdrop_training_step_makes_no_host_sync(extra):
+def test_sdrop_training_step_makes_no_host_sync(extra, monkeypatch):
     model = _model("-sdrop_backend", "torch", *extra) if "-sdrop_backend" not in extra \
         else _model(*extra)
     meta = torch.device("meta")
     model.to(meta)
     src, tgt, src_len = (t.to(meta) for t in batch())
     rec = HostSyncs()
+    record_tensor_factories(rec, monkeypatch)
     with rec:
         training_step(model, src, tgt, src_len)
     assert rec.found == []
+    # the only host-to-device copies are the masks' (one pinned asynchronous copy each on a GPU)
+    assert rec.h2d and all("onmt_sdrop/masks.py" in h for h in rec.h2d), rec.h2d
     assert all(p.grad is not None for n, p in model.named_parameters() if "embeddings" not in n)
+
+
+@pytest.mark.xfail(reason="masks.py StepMask.window_groups makes each shared window's group "
+                          "index with torch.tensor(gs, device=...): a pageable host-to-device "
+                          "copy (on a GPU a stream sync) per shared window and batch, torch "
+                          "backend only; reported, masks.py is not this test's to change")
+def test_torch_backend_copies_masks_in_only_through_step_mask_to(monkeypatch):
+    """Every host-to-device copy of a step is a mask's ``StepMask.to`` (one pinned asynchronous
+    copy on a GPU). Shared windows (``-sdrop_step_masks``) make the torch backend group steps."""
+    model = _model("-sdrop_backend", "torch", "-sdrop_step_masks", "3").to(torch.device("meta"))
+    src, tgt, src_len = (t.to(torch.device("meta")) for t in batch())
+    rec = HostSyncs()
+    record_tensor_factories(rec, monkeypatch)
+    with rec:
+        training_step(model, src, tgt, src_len)
+    assert rec.h2d and all("onmt_sdrop/masks.py" in h and "(to)" in h for h in rec.h2d), \
+        sorted(set(rec.h2d))
 
 
 def test_cuda_backend_python_half_makes_no_host_sync(monkeypatch):
