@@ -10,12 +10,17 @@ mkdir -p "$OUT"
 python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl || exit 1
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 PYTHONWARNINGS=ignore
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$OUT/gpu-tests.log"
-# the CUDA kernels (every GEMM_KERNEL x DW_KERNEL choice) against the torch backend, the ops
-# against the dense reference, device checks; test_cuda's CPU-only checks (emulated launches,
-# the kernels' code on the CPU) ran on the CPU machines already and are left out here
-timeout 160 python3 -m pytest -q tests/test_cuda.py tests/test_ops.py tests/test_devices.py \
-    tests/test_graphs.py -k "not (test_cuda and (emulated or own_code))" \
+# 1. the GPU-validated kernels (simt / atomic) against the torch backend, the ops against the
+#    dense reference, device checks and graphs; test_cuda's CPU-only checks (emulated launches,
+#    the kernels' code on the CPU) ran on the CPU machines already and are left out here
+NEW="tiled or tensor or cublas"
+timeout 100 python3 -m pytest -q tests/test_cuda.py tests/test_ops.py tests/test_devices.py \
+    tests/test_graphs.py -k "not (test_cuda and (emulated or own_code or $NEW))" \
     2>&1 | tee -a "$OUT/gpu-tests.log"
-# micro: every kernel choice, 10 calls per timing graph; then training with the defaults
-timeout 240 python3 bench/gpu_bench.py --out "$OUT" --steps 30 --micro-reps 10 2>&1 \
+# 2. the new kernel choices (GEMM_KERNEL tiled / tensor / cublas, each with DW_KERNEL atomic and
+#    tiles), in a process of their own: a fault there cannot take step 1's results with it
+timeout 90 python3 -m pytest -q tests/test_cuda.py -k "gpu and ($NEW)" \
+    2>&1 | tee -a "$OUT/gpu-tests.log"
+# 3. micro: every kernel choice, 10 calls per timing graph; then training with the defaults
+timeout 215 python3 bench/gpu_bench.py --out "$OUT" --steps 30 --micro-reps 10 2>&1 \
     | tee "$OUT/gpu-bench.log"
