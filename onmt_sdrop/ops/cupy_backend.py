@@ -86,8 +86,10 @@ def _windows(mask: StepMask, device):
 # DW_KERNEL picks the weight-gradient form: "atomic" = the chosen family's grouped GEMM
 # accumulating with atomicAdd; "tiles" = its window_dw (atomic-free and deterministic: each
 # block owns a dW tile and loops over the groups whose window meets it).
-# Only "simt" + "atomic" has run on a GPU; the others are compiled by nvcc and emulated in the
-# tests (tests/kernel_emulator.py); bench/gpu_check.sh tests and times all of them.
+# Only "simt" + "atomic" has run on a GPU. The others are compiled by nvcc and emulated in the
+# tests (tests/kernel_emulator.py: the launches against each kernel's contract), and
+# kernels/gemm_fast.cu's own code runs on the CPU there (tests/cuda_host.cpp);
+# bench/gpu_check.sh tests and times all of them on a GPU.
 # The environment variables SDROP_GEMM_KERNEL / SDROP_DW_KERNEL set them for a whole run (e.g.
 # onmt_train) without code.
 GEMM_KERNELS = ("simt", "tiled", "tensor", "cublas")
