@@ -36,8 +36,8 @@ typedef unsigned int u32;
 // ------------------------------------------------------------------ PTX helpers
 //
 // The only inline PTX of this file. tests/cuda_host.cpp compiles this file for the CPU (one
-// std::thread per CUDA thread) with SDROP_HOST_EMU defined and supplies its own versions of
-// these, so the tests run the kernels' code itself on machines without a GPU.
+// fiber per CUDA thread) with SDROP_HOST_EMU defined and supplies its own versions of these,
+// so the tests run the kernels' code itself on machines without a GPU.
 
 // mma.sync m16n8k16 / tf32 need sm_80 or newer; on older GPUs the module still compiles (the
 // "tiled" kernels run there) and the tensor kernels trap (cupy_backend never picks them there).
@@ -307,7 +307,6 @@ __device__ __forceinline__ void tiled_mainloop(const LA& la, const LB& lb, const
 }
 
 // ------------------------------------------------------------------ "tensor": mma.sync
-
 
 #define C_BM 64
 #define C_BN 64
