@@ -221,9 +221,14 @@ HOST_SOURCE = Path(__file__).with_name("cuda_host.cpp")
 
 def build_host_kernels(out_dir) -> Path | None:
     """Compile tests/cuda_host.cpp (kernels/gemm_fast.cu for the CPU) into ``out_dir``; None
-    without a C++20 compiler."""
+    without a C++20 compiler that has _Float16 and ucontext."""
     cxx = shutil.which("g++") or shutil.which("clang++")
     if cxx is None:
+        return None
+    probe = Path(out_dir) / "probe.cpp"     # _Float16 (GCC 12+, clang 15+ on x86-64 / arm64)
+    probe.write_text("#include <ucontext.h>\nint main() { _Float16 h = 1; return (int)h - 1; }\n")
+    if subprocess.run([cxx, "-std=c++20", str(probe), "-o", str(probe.with_suffix(""))],
+                      capture_output=True, timeout=120).returncode != 0:
         return None
     lib = Path(out_dir) / "cuda_host.so"
     proc = subprocess.run([cxx, "-std=c++20", "-O1", "-shared", "-fPIC", "-fno-strict-aliasing",

@@ -229,7 +229,7 @@ def host_kernels(tmp_path_factory):
     """kernels/gemm_fast.cu compiled for the CPU (tests/cuda_host.cpp)."""
     lib = kernel_emulator.build_host_kernels(tmp_path_factory.mktemp("cuda_host"))
     if lib is None:
-        pytest.skip("no C++20 compiler (g++ or clang++)")
+        pytest.skip("no C++20 compiler with _Float16 and ucontext (g++ 12+ or clang++ 15+)")
     return lib
 
 
