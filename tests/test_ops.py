@@ -45,6 +45,19 @@ def test_consumer_matches_reference(ops, size, out, batch):
         assert torch.autograd.gradcheck(f, (x, w))
 
 
+def test_wide_consumer_output_in_column_tiles_matches_reference(monkeypatch):
+    """The torch backend's column-tiled forward (a wide output, many windows) is exact."""
+    monkeypatch.setattr(torch_backend, "OUT_TILE", 4)
+    torch.manual_seed(1)
+    for m in (sample_step_mask(6, 13, 0.3), sample_step_mask(6, 13, 0.3, distinct=2),
+              sample_step_mask(6, 13, 0.5, count="bernoulli")):
+        x = torch.randn(m.groups, 3, 13, dtype=torch.float64)
+        w = torch.randn(18, 13, dtype=torch.float64)   # 18 columns: 4 tiles and a part tile
+        y = torch_backend.compact_matmul(torch_backend.gather(x, m),
+                                         torch_backend.permute_weight(w, m, 1), m)
+        torch.testing.assert_close(y, reference.consumer(x, w, m), rtol=1e-12, atol=1e-12)
+
+
 @pytest.mark.parametrize("ops", BACKENDS)
 @pytest.mark.parametrize("act", [torch.tanh, lambda y: y])
 def test_producer_matches_reference(ops, act):

@@ -61,13 +61,23 @@ def _accumulate(dw: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
         dw.add_(a @ b)
 
 
+# A wide consumer output (the generator's vocabulary) is computed in column tiles, every group
+# of a tile before the next tile, so that the tile's weight rows stay in cache across the groups
+# instead of the whole window streaming from memory once per group.
+OUT_TILE = 1024
+
+
 def consumer_fwd(xc, w, mask: StepMask):
     """``Y[g] = Xc[g][:, :k] @ W[:, o:o+k]^T``: (G, B, kmax) -> (G, B, N)."""
     g, b, _ = xc.shape
     n = w.shape[0]
     y = new_output(xc, (g, b, n), mask, False)
-    for o, k, gs in mask.window_groups():
-        _mm_into(y, gs, n, _rows(xc, gs, k), w[:, o:o + k].t())
+    groups = mask.window_groups()
+    tile = OUT_TILE if n >= 4 * OUT_TILE and len(groups) >= 4 else n
+    for n0 in range(0, n, tile):
+        y_tile, w_tile = (y, w) if tile == n else (y[..., n0:n0 + tile], w[n0:n0 + tile])
+        for o, k, gs in groups:
+            _mm_into(y_tile, gs, y_tile.shape[-1], _rows(xc, gs, k), w_tile[:, o:o + k].t())
     return y
 
 

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import weakref
 
+import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.autograd import Function
 from onmt.utils.logging import logger
 
 
@@ -54,7 +56,27 @@ class SdropGenerator(nn.Linear):
         decoder.sdrop_link = None  # consumed: the compact tensors can go
         site, compact = link.site, link.compact                 # compact: (T, B, kmax)
         logits = site.matmul(compact, None, site.prep(self.weight, 1))
-        if self.bias is not None:
-            logits = logits + self.bias
         # rows of x are (batch, step) in batch-major order
-        return logits.transpose(0, 1).reshape(-1, logits.shape[-1])
+        return _BatchMajor.apply(logits, self.bias)
+
+
+class _BatchMajor(Function):
+    """(T, B, V) step-major logits -> (B*T, V) batch-major rows, plus the bias: one pass over
+    the (large) logits instead of a bias add and a transposing copy."""
+
+    @staticmethod
+    def forward(ctx, logits, bias):
+        t, b, v = logits.shape
+        out = logits.new_empty(b, t, v)
+        if bias is None:
+            out.copy_(logits.transpose(0, 1))
+        else:
+            torch.add(logits.transpose(0, 1), bias, out=out)
+        ctx.shape, ctx.has_bias = (t, b, v), bias is not None
+        return out.view(b * t, v)
+
+    @staticmethod
+    def backward(ctx, grad):
+        t, b, v = ctx.shape
+        d_bias = grad.sum(0) if ctx.has_bias and ctx.needs_input_grad[1] else None
+        return grad.reshape(b, t, v).transpose(0, 1), d_bias   # a view: the GEMMs read it strided
