@@ -32,6 +32,16 @@ def kept_count(size: int, p: float) -> int:
     return size - int(round(p * size))
 
 
+def host_index(values, device) -> torch.Tensor:
+    """A long tensor of the host ints ``values`` on ``device``; to a GPU through pinned memory and
+    asynchronously, since a pageable copy would make the host wait for the GPU to drain."""
+    t = torch.tensor(values, dtype=torch.long)
+    device = torch.device(device)
+    if device.type == "cuda":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
+
+
 @dataclass(eq=False)
 class StepMask:
     """Kept units per group (time step), shared by every sample of the batch.
@@ -159,7 +169,7 @@ class StepMask:
             if len(by_window) == 1:
                 (o, k), = by_window
                 return [(o, k, None)] if k else []
-            return [(o, k, gs[0] if len(gs) == 1 else torch.tensor(gs, device=self.device))
+            return [(o, k, gs[0] if len(gs) == 1 else host_index(gs, self.device))
                     for (o, k), gs in by_window.items() if k > 0]
         return self._cached(("groups",), make)
 

@@ -100,3 +100,19 @@ def test_packed_mask_is_one_buffer_and_refills_in_place():
     torch.testing.assert_close(view.unpacked(view.buffer).dense(torch.float64),
                                b.dense(torch.float64))
     assert not torch.equal(a.dense(), b.dense())
+
+
+def test_host_index_goes_to_a_gpu_pinned_and_asynchronously(monkeypatch):
+    """The group index of steps that share a window reaches a GPU by one pinned, non-blocking
+    copy (a pageable one would stall the host); elsewhere it is a plain tensor."""
+    from onmt_sdrop.masks import host_index
+
+    calls = []
+    monkeypatch.setattr(torch.Tensor, "pin_memory", lambda t: calls.append("pin") or t)
+    monkeypatch.setattr(torch.Tensor, "to",
+                        lambda t, device, non_blocking=False: calls.append((str(device),
+                                                                            non_blocking)) or t)
+    t = host_index([3, 1, 4], torch.device("cuda"))
+    assert calls == ["pin", ("cuda", True)] and t.tolist() == [3, 1, 4] and t.dtype == torch.long
+    monkeypatch.undo()
+    assert host_index([2, 0], "cpu").tolist() == [2, 0]
