@@ -61,9 +61,10 @@ def _accumulate(dw: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
         dw.add_(a @ b)
 
 
-# A wide consumer output (the generator's vocabulary) is computed in column tiles, every group
-# of a tile before the next tile, so that the tile's weight rows stay in cache across the groups
-# instead of the whole window streaming from memory once per group.
+# On a CPU a wide consumer output (the generator's vocabulary) is computed in column tiles, every
+# group of a tile before the next tile, so that the tile's weight rows stay in cache across the
+# groups instead of the whole window streaming from memory once per group (on a GPU it would only
+# multiply the launches).
 OUT_TILE = 1024
 
 
@@ -73,7 +74,8 @@ def consumer_fwd(xc, w, mask: StepMask):
     n = w.shape[0]
     y = new_output(xc, (g, b, n), mask, False)
     groups = mask.window_groups()
-    tile = OUT_TILE if n >= 4 * OUT_TILE and len(groups) >= 4 else n
+    tiled = xc.device.type == "cpu" and n >= 4 * OUT_TILE and len(groups) >= 4
+    tile = OUT_TILE if tiled else n
     for n0 in range(0, n, tile):
         y_tile, w_tile = (y, w) if tile == n else (y[..., n0:n0 + tile], w[n0:n0 + tile])
         for o, k, gs in groups:
