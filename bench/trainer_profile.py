@@ -691,8 +691,9 @@ def _main(args, MODELS, profile) -> int:
                    "rest": "the rest of the step: zero_grad, src_len.sum().item(), Statistics, "
                            "the -report_every report, _accum_batches"},
         "validation_s": "one Trainer.validate over the valid split after the last step "
-                        "(with -num_workers > 0 OpenNMT-py 3.5.1 starts fresh DataLoader "
-                        "workers for every validation: compare the rows of -num_workers 0 and 2)",
+                        "(with -num_workers > 0 OpenNMT-py 3.5.1 alone starts fresh DataLoader "
+                        "workers for every validation; the plugin builds the validation iterator "
+                        "without workers: the rows of -num_workers 0 and 2 should now agree)",
         "stock_trainer_syncs": STOCK_SYNC_NOTE,
         "census_note": "syncs: aten ops seen by a dispatch mode in the census step, per phase and "
                        "OpenNMT-py/onmt_sdrop source line; on a CPU every tensor is a host "

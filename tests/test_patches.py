@@ -108,6 +108,35 @@ def test_every_replacement_is_listed_in_the_patches_docstring():
                 assert f"{name}``" in doc or f".{name}" in doc, (label, name)
 
 
+def test_validation_iterator_loads_without_workers():
+    """With -num_workers > 0 the validation iterator is built with none (OpenNMT-py 3.5.1 would
+    spawn fresh workers at every validation); training's keeps them; the caller's options are
+    not changed; the task is found however it is passed."""
+    import argparse
+
+    import onmt.train_single
+    from onmt.constants import CorpusTask
+
+    from onmt_sdrop.plugin import _wrap_dataset_iter
+
+    seen = []
+
+    def build(opt, transforms_cls, vocabs, copy=False, task=CorpusTask.TRAIN, stride=1,
+              offset=0, src=None, tgt=None, align=None, device_id=-1):
+        seen.append((task, opt.num_workers))
+
+    wrapped = _wrap_dataset_iter(build)
+    opt = argparse.Namespace(num_workers=2)
+    wrapped(opt, None, None, task=CorpusTask.VALID, copy=False, device_id=0)
+    wrapped(opt, None, None, task=CorpusTask.TRAIN)
+    wrapped(opt, None, None, False, CorpusTask.VALID)
+    wrapped(opt, None, None)
+    assert seen == [(CorpusTask.VALID, 0), (CorpusTask.TRAIN, 2), (CorpusTask.VALID, 0),
+                    (CorpusTask.TRAIN, 2)]
+    assert opt.num_workers == 2
+    assert patches.replaced(onmt.train_single, "build_dynamic_dataset_iter")
+
+
 def test_stock_registries_know_the_plugin():
     assert {"sdrop_rnn", "sdrop_brnn"} <= set(onmt.encoders.str2enc)
     assert "sdrop_rnn" in onmt.decoders.str2dec

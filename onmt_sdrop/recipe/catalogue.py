@@ -96,8 +96,9 @@ PROFILES = {
     # one 8-minute device call. Measured on an H200 (issue 11): stock ~70 ms/step, sdrop ~160 ms;
     # the GPU is launch-bound, so 128 sentences a batch cost about what 64 do: 800 steps are
     # 3.5 epochs of Multi30k, ~60 s (stock) + ~130 s (sdrop) per seed. Validation every 200
-    # steps: OpenNMT-py 3.5.1 spawns fresh DataLoader workers (context "spawn", not persistent)
-    # for every validation when -num_workers > 0, a few seconds each
+    # steps: OpenNMT-py 3.5.1 alone spawns fresh DataLoader workers (context "spawn", not
+    # persistent) for every validation when -num_workers > 0, a few seconds each; the plugin
+    # builds the validation iterator without workers
     "gpu-converge": Profile("gpu-converge", _with(_GPU_COMMON + _FULL, "-batch_size", "128")
                             + _ADAM, 800, 200, valid_bleu=True, valid_bleu_lines=500),
     # both models finish on a 2-core CPU in about 30 minutes each
