@@ -78,6 +78,17 @@ class WindowedWeight:
         """Record ``grouped_dw(a, b, mask, grad)``, a backend's weight-gradient GEMM, for the fold."""
         self.pending.append((grouped_dw, a, b, mask))
 
+    def weight_grad(self, shape, dtype):
+        """The real parameter's gradient (``shape``, ``dtype``) from :meth:`folded_grad`, or None."""
+        grad = self.folded_grad()
+        if grad is None:
+            return None
+        if self.window_major:   # add rows, then one transposed copy (autograd's, into .grad)
+            dw_t = torch.zeros(shape[::-1], dtype=dtype, device=grad.device)
+            return dw_t.index_add_(0, self.index, grad.t().to(dtype)).t()
+        dw = torch.zeros(shape, dtype=dtype, device=grad.device)
+        return dw.index_add_(self.dim, self.index, grad.to(dtype))
+
     def folded_grad(self):
         """The gradient of ``ext`` (float32 or wider) from every deferred GEMM, or None."""
         if not self.pending:
@@ -100,24 +111,19 @@ class WindowedWeight:
 
 
 class _Fold(Function):
+    """The token of a weight whose gradient its ``holder`` gathers (:class:`WindowedWeight`,
+    :class:`StepSummedWeight`): every op that reads the weight takes the token as an input, so
+    this backward runs after all of theirs and asks the holder for the whole gradient at once."""
+
     @staticmethod
-    def forward(ctx, w, ww):
-        ctx.ww = ww
+    def forward(ctx, w, holder):
+        ctx.holder = holder
         ctx.shape, ctx.dtype = w.shape, w.dtype
         return w.new_zeros(())
 
     @staticmethod
     def backward(ctx, _):
-        ww = ctx.ww
-        grad = ww.folded_grad()
-        if grad is None:
-            return None, None
-        if ww.window_major:   # add rows, then one transposed copy (autograd's, into .grad)
-            dw_t = torch.zeros(ctx.shape[::-1], dtype=ctx.dtype, device=grad.device)
-            return dw_t.index_add_(0, ww.index, grad.t().to(ctx.dtype)).t(), None
-        dw = torch.zeros(ctx.shape, dtype=ctx.dtype, device=grad.device)
-        dw.index_add_(ww.dim, ww.index, grad.to(ctx.dtype))
-        return dw, None
+        return ctx.holder.weight_grad(ctx.shape, ctx.dtype), None
 
 
 def permute_weight(w: torch.Tensor, mask: StepMask, dim: int) -> WindowedWeight:
@@ -141,11 +147,20 @@ class StepSummedWeight:
     def __init__(self, w: torch.Tensor):
         self.w = w.detach()
         self.pending = []
-        self.token = _FoldSteps.apply(w, self)
+        self.token = _Fold.apply(w, self)
 
     def tap(self, gates_in: torch.Tensor, h_prev: torch.Tensor) -> torch.Tensor:
         """``gates_in`` unchanged; in backward its gradient and ``h_prev`` go to the fold."""
         return _Tap.apply(gates_in, self.token, self, h_prev)
+
+    def weight_grad(self, shape, dtype):
+        """``sum_t dG_t^T h_{t-1}`` over every tapped step, in ``dtype``, or None."""
+        pending, self.pending = self.pending, []
+        if not pending:
+            return None
+        d_gates = torch.cat([d for d, _ in pending])
+        h_prev = torch.cat([h for _, h in pending]).to(d_gates.dtype)
+        return (d_gates.t() @ h_prev).to(dtype)
 
 
 class _Tap(Function):
@@ -162,20 +177,6 @@ class _Tap(Function):
         return d_gates, None, None, None
 
 
-class _FoldSteps(Function):
-    @staticmethod
-    def forward(ctx, w, sw):
-        ctx.sw, ctx.dtype = sw, w.dtype
-        return w.new_zeros(())
-
-    @staticmethod
-    def backward(ctx, _):
-        pending, ctx.sw.pending = ctx.sw.pending, []
-        if not pending:
-            return None, None
-        d_gates = torch.cat([d for d, _ in pending])
-        h_prev = torch.cat([h for _, h in pending]).to(d_gates.dtype)
-        return (d_gates.t() @ h_prev).to(ctx.dtype), None
 
 
 # ---------------------------------------------------------------- the autograd op
