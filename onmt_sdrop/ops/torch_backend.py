@@ -77,7 +77,7 @@ def consumer_fwd(xc, w, mask: StepMask):
     tiled = xc.device.type == "cpu" and n >= 4 * OUT_TILE and len(groups) >= 4
     tile = OUT_TILE if tiled else n
     for n0 in range(0, n, tile):
-        y_tile, w_tile = (y, w) if tile == n else (y[..., n0:n0 + tile], w[n0:n0 + tile])
+        y_tile, w_tile = y[..., n0:n0 + tile], w[n0:n0 + tile]
         for o, k, gs in groups:
             _mm_into(y_tile, gs, y_tile.shape[-1], _rows(xc, gs, k), w_tile[:, o:o + k].t())
     return y
