@@ -212,6 +212,16 @@ def _pointers(t: torch.Tensor, off: torch.Tensor, g_stride: int, o_stride: int) 
     return (off * (o_stride * size) + g * (g_stride * size)) + t.data_ptr()
 
 
+def _blas_operand(rs, cs, rows, cols):
+    """(op, leading dimension) of a row-major ``rows x cols`` operand with strides ``(rs, cs)`` as
+    cuBLAS's column-major operand of the transposed product, or None if cuBLAS cannot read it."""
+    if cs == 1 and rs >= max(1, cols):
+        return CUBLAS_OP_N, rs      # its transpose stored column-major
+    if rs == 1 and cs >= max(1, rows):
+        return CUBLAS_OP_T, cs      # itself stored column-major
+    return None
+
+
 def _cublas_grouped(a, b, c, mask, *, mode, m, n, k, a_s, b_s, c_s) -> bool:
     """The grouped GEMM as one sgemmBatched when every group keeps the same number of units (then
     every group has the same M, N, K and only base pointers differ); False (nothing done) when it
@@ -227,18 +237,10 @@ def _cublas_grouped(a, b, c, mask, *, mode, m, n, k, a_s, b_s, c_s) -> bool:
     # row-major C (M x N) = A B is column-major C^T (N x M) = B^T A^T
     if c_cs != 1 or c_rs < max(1, N):
         return False
-    if b_cs == 1 and b_rs >= max(1, N):
-        transa, lda = CUBLAS_OP_N, b_rs          # B^T stored column-major (N x K)
-    elif b_rs == 1 and b_cs >= max(1, K):
-        transa, lda = CUBLAS_OP_T, b_cs          # B stored column-major (K x N)
-    else:
+    op_b, op_a = _blas_operand(b_rs, b_cs, K, N), _blas_operand(a_rs, a_cs, M, K)
+    if op_b is None or op_a is None:
         return False
-    if a_cs == 1 and a_rs >= max(1, K):
-        transb, ldb = CUBLAS_OP_N, a_rs          # A^T stored column-major (K x M)
-    elif a_rs == 1 and a_cs >= max(1, M):
-        transb, ldb = CUBLAS_OP_T, a_cs          # A stored column-major (M x K)
-    else:
-        return False
+    (transa, lda), (transb, ldb) = op_b, op_a
     off, _ = _windows(mask, a.device)
     ptrs = (_pointers(b, off, b_g, b_o), _pointers(a, off, a_g, a_o), _pointers(c, off, c_g, c_o))
     _cublas_batched(ptrs, (b, a, c), transa=transa, transb=transb, m=N, n=M, k=K, lda=lda,
