@@ -87,7 +87,13 @@ class StepMask:
         if device.type != "cuda" or self.perm.device.type != "cpu":
             return StepMask(self.perm.to(device), self.offsets.to(device), self.counts.to(device),
                             self.scale.to(device), self.size, self.kmax, self.windows)
-        return self.unpacked(self.packed(pin=True).to(device, non_blocking=True))
+        return self.packed_to(device)
+
+    def packed_to(self, device) -> "StepMask":
+        """This mask on ``device`` as views of one buffer (:meth:`unpacked`); to a GPU by one
+        asynchronous copy from pinned memory."""
+        pin = torch.device(device).type == "cuda"
+        return self.unpacked(self.packed(pin=pin).to(device, non_blocking=pin))
 
     def packed(self, pin: bool = False) -> torch.Tensor:
         """perm, offsets, counts and the scale's float64 bits in one int64 host tensor."""

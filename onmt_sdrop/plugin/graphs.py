@@ -69,10 +69,7 @@ class StaticMasks:
         args = (steps, size, p, count, fixed, distinct)
         if self.cursor is None:
             m = sample_step_mask(steps, size, p, count=count, fixed=fixed, distinct=distinct)
-            # views of one buffer, refilled whole; on a GPU one asynchronous copy from pinned
-            # memory, as for every mask (a pageable copy would wait for the GPU to drain)
-            pin = torch.device(device).type == "cuda"
-            static = m.unpacked(m.packed(pin=pin).to(device, non_blocking=pin))
+            static = m.packed_to(device)   # views of one buffer, refilled whole
             self.records.append((args, static))
             return static
         want, static = self.records[self.cursor]
