@@ -123,3 +123,56 @@ def test_a_failed_capture_falls_back_to_eager_with_one_line(caplog):
     torch.testing.assert_close(losses[0], losses[1])
     lines = [r.getMessage() for r in caplog.records if "capture failed" in r.getMessage()]
     assert len(lines) == 1 and "not permitted" in lines[0]
+
+
+def test_captures_run_in_thread_local_mode_and_torch_is_restored(monkeypatch):
+    """make_graphed_callables builds its capture contexts as ThreadLocalCapture ("thread_local":
+    a DataLoader's pin-memory thread may allocate during a capture), and torch.cuda.graph is
+    torch's own again afterwards, also when the capture fails."""
+    seen = []
+
+    def make_graphed_callables(module, args, **kwargs):
+        seen.append(torch.cuda.graph)
+        raise RuntimeError("capture invalidated")
+
+    monkeypatch.setattr(torch.cuda, "make_graphed_callables", make_graphed_callables)
+    monkeypatch.setattr(torch.cuda, "graph_pool_handle", lambda: "pool")
+    original = torch.cuda.graph
+    with pytest.raises(RuntimeError, match="capture invalidated"):
+        graphs.GraphedModel(model=None)._make_graphed(None, ())
+    assert seen == [graphs.ThreadLocalCapture] and torch.cuda.graph is original
+    assert graphs.ThreadLocalCapture(object(), stream="side").capture_error_mode == "thread_local"
+
+
+@pytest.mark.parametrize("stream_after_failure", ["side", "main"])
+def test_a_failed_capture_end_leaves_the_capture_stream(monkeypatch, stream_after_failure):
+    """When capture_end raises, torch's __exit__ stays on the capture stream; ours leaves it
+    (once: not when the failure came after leaving it) and re-raises."""
+    class Graph:
+        def capture_end(self):
+            raise RuntimeError("operation failed due to a previous error during capture")
+
+    class StreamContext:
+        exits = 0
+
+        def __exit__(self, *exc):
+            StreamContext.exits += 1
+
+    capture = graphs.ThreadLocalCapture(Graph(), stream="side")
+    capture.stream_ctx = StreamContext()
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda: stream_after_failure)
+    with pytest.raises(RuntimeError, match="previous error during capture"):
+        capture.__exit__(None, None, None)
+    assert StreamContext.exits == (1 if stream_after_failure == "side" else 0)
+
+
+def test_cublas_kernels_are_not_captured(monkeypatch):
+    """CuPy refuses cuBLAS calls during a capture: SDROP_GEMM_KERNEL=cublas runs eagerly."""
+    from onmt_sdrop.ops import cupy_backend
+
+    model, opt = build(*ARGS, "-sdrop_backend", "torch", dtype=torch.float32)
+    kernel_emulator.use_cuda_backend([model], monkeypatch.setattr)
+    monkeypatch.setattr(torch.Tensor, "is_cuda", property(lambda self: True))
+    assert graphs.unsupported(opt, model) is None
+    monkeypatch.setattr(cupy_backend, "GEMM_KERNEL", "cublas")
+    assert "cublas" in graphs.unsupported(opt, model)

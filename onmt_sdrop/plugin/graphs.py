@@ -23,6 +23,7 @@ reach ``param.grad`` through autograd before OpenNMT-py's all-reduce reads them.
 from __future__ import annotations
 
 from collections import OrderedDict
+from contextlib import contextmanager
 
 import torch
 import torch.nn as nn
@@ -33,9 +34,9 @@ from ..nn import set_mask_source
 from ..ops import cupy_backend
 from .generator import GeneratorLink
 
-# "auto" (-sdrop_cuda_graphs -1) turns graphs on once tests/test_graphs.py's GPU tests have
-# passed on a real GPU (bench/gpu_check.sh); until then they run only when asked for (1).
-GRAPHS_VALIDATED = False
+# "auto" (-sdrop_cuda_graphs -1) turns graphs on on a GPU: tests/test_graphs.py's GPU tests
+# passed on an H200 (bench/results/logs/gpu-tests-2026-11-27.log). False: only when asked for (1).
+GRAPHS_VALIDATED = True
 BUCKET = 8
 CAPACITY = 16
 
@@ -109,6 +110,45 @@ class EncoderDecoder(nn.Module):
         return dec_out, attns["std"], compact
 
 
+class ThreadLocalCapture(torch.cuda.graph):
+    """``torch.cuda.graph`` in "thread_local" capture mode, and leaving its capture stream even
+    when ending the capture fails.
+
+    * "global" (torch's default) fails the capture, and poisons the other thread, when any
+      thread makes a CUDA call that a capture forbids. The pin-memory thread of OpenNMT-py's
+      DataLoader (``-num_workers`` > 0) allocates pinned memory at any time: on an H200 that
+      killed the training run ("Caught AcceleratorError in pin memory thread"). Its calls touch
+      no stream of ours, so only the capturing thread needs the check.
+    * torch's ``__exit__`` skips leaving the capture stream when ``capture_end`` raises, which
+      left the process on that stream and broke every later RNG call."""
+
+    def __init__(self, cuda_graph, pool=None, stream=None, capture_error_mode="thread_local",
+                 **kwargs):
+        super().__init__(cuda_graph, pool=pool, stream=stream,
+                         capture_error_mode=capture_error_mode, **kwargs)
+
+    def __exit__(self, *exc):
+        try:
+            return super().__exit__(*exc)
+        except BaseException:
+            if torch.cuda.current_stream() == self.capture_stream:   # capture_end raised
+                self.stream_ctx.__exit__(*exc)
+            raise
+
+
+@contextmanager
+def thread_local_capture():
+    """``torch.cuda.make_graphed_callables`` builds its ``torch.cuda.graph`` contexts itself and
+    (torch <= 2.13) takes no capture mode: while it runs, ``torch.cuda.graph`` is
+    :class:`ThreadLocalCapture`. One capture runs at a time in a process (a CUDA rule)."""
+    original = torch.cuda.graph
+    torch.cuda.graph = ThreadLocalCapture
+    try:
+        yield
+    finally:
+        torch.cuda.graph = original
+
+
 class CaptureFailed(RuntimeError):
     """A bucket could not be captured; training goes on with eager steps."""
 
@@ -126,8 +166,9 @@ class GraphedModel:
     def _make_graphed(self, module, args):
         if self.pool is None:
             self.pool = torch.cuda.graph_pool_handle()
-        return torch.cuda.make_graphed_callables(module, args, allow_unused_input=True,
-                                                 pool=self.pool)
+        with thread_local_capture():
+            return torch.cuda.make_graphed_callables(module, args, allow_unused_input=True,
+                                                     pool=self.pool)
 
     def _entry(self, src, tgt, src_len):
         dec = self.model.decoder
@@ -175,6 +216,8 @@ def unsupported(opt, model) -> str | None:
         return "only -sdrop_count fixed with -sdrop_pattern step or fixed can be captured"
     if config.mode == "compact" and config.ops(torch.device("cuda")) is not cupy_backend:
         return "the torch backend plans its GEMMs on the host (use the CUDA backend)"
+    if config.mode == "compact" and cupy_backend.GEMM_KERNEL == "cublas":
+        return "SDROP_GEMM_KERNEL=cublas: CuPy refuses cuBLAS calls during a capture"
     for flag, what in (("copy_attn", "-copy_attn"), ("coverage_attn", "-coverage_attn"),
                        ("lambda_align", "alignment"), ("truncated_decoder", "-truncated_decoder")):
         if getattr(opt, flag, 0):
