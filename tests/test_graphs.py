@@ -176,3 +176,58 @@ def test_cublas_kernels_are_not_captured(monkeypatch):
     assert graphs.unsupported(opt, model) is None
     monkeypatch.setattr(cupy_backend, "GEMM_KERNEL", "cublas")
     assert "cublas" in graphs.unsupported(opt, model)
+
+
+def test_autocast_steps_are_captured_under_autocast_without_its_cast_cache():
+    """Under autocast (-model_dtype fp16) a bucket is captured with the caller's autocast dtype
+    and the cast cache off, keyed apart from fp32 steps of the same shape; its steps equal eager
+    autocast steps (CPU autocast, bfloat16, through the eager stand-in)."""
+    seen = []
+
+    def capture(module, args):
+        on = torch.is_autocast_enabled("cpu")
+        seen.append((on, torch.get_autocast_dtype("cpu") if on else None,
+                     torch.is_autocast_cache_enabled()))
+        return eager_capture(module, args)
+
+    eager, _ = build(*ARGS, "-sdrop_backend", "torch", dtype=torch.float32)
+    graphed, _ = build(*ARGS, "-sdrop_backend", "torch", dtype=torch.float32)
+    copy_weights(graphed, eager)
+    runner = graphs.GraphedModel(graphed, capture=capture)
+    assert_autocast_steps_equal(eager, graphed, runner, "cpu", torch.bfloat16, tol=1e-5)
+    assert seen == [(True, torch.bfloat16, False), (False, None, True)]
+    assert len(runner.cache) == 2
+
+
+@pytest.mark.skipif(not cupy_available()[0], reason="needs a CUDA GPU and CuPy")
+def test_captured_autocast_graphs_equal_eager_on_a_gpu():
+    """The real capture under fp16 autocast (the CUDA backend): replays equal eager steps."""
+    args = [*ARGS, "-sdrop_backend", "cupy"]
+    eager, _ = build(*args, dtype=torch.float32)
+    graphed, _ = build(*args, dtype=torch.float32)
+    copy_weights(graphed, eager)
+    eager.cuda()
+    graphed.cuda()
+    assert_autocast_steps_equal(eager, graphed, graphs.GraphedModel(graphed), "cuda",
+                                torch.float16, tol=1e-3)
+
+
+def assert_autocast_steps_equal(eager, graphed, runner, device, dtype, tol):
+    """One seeded step under autocast ``dtype``, then one without, on the same batch: the graphed
+    model's loss, output dtype and every gradient equal the eager model's."""
+    graphed.__dict__["_sdrop_graphs"] = runner
+    data = [t.to(device) for t in batch(b=4, s=8, t=8, seed=1)]
+    for amp in (True, False):
+        res = []
+        for m in (eager, graphed):
+            m.train()
+            m.zero_grad()
+            torch.manual_seed(3)
+            with torch.autocast(device, dtype=dtype, enabled=amp):
+                loss, out = loss_of(m, *data)
+            loss.float().backward()
+            res.append((loss.detach().float(), out.dtype, grads(m)))
+        torch.testing.assert_close(res[1][0], res[0][0], rtol=tol, atol=tol)
+        assert res[1][1] == res[0][1] == (dtype if amp else torch.float32)
+        for k in res[0][2]:
+            torch.testing.assert_close(res[1][2][k], res[0][2][k], rtol=10 * tol, atol=tol, msg=k)

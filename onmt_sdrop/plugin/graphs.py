@@ -13,9 +13,12 @@ OpenNMT-py's loss stay eager (the loss reads values back with ``.item()``).
   read those buffers; before each replay :meth:`StaticMasks.refill` draws new masks on the host
   RNG in the recorded order, exactly as an eager step would, so ``-seed`` reproduces a run and a
   replay equals the eager step on the same masks.
+* Autocast (``-model_dtype fp16``): a bucket's graphs are captured under the caller's autocast
+  dtype with autocast's cast cache off (a cached cast would be the copy made at capture, stale
+  after the next optimizer step); fp32 and autocast steps get graphs of their own.
 * What cannot be captured runs eagerly, with one info line: the torch backend in compact mode
   (it plans its GEMMs from the masks' host windows), Bernoulli counts (the shapes change),
-  sample/element patterns, copy and coverage attention, alignment, truncated BPTT, AMP.
+  sample/element patterns, copy and coverage attention, alignment, truncated BPTT.
 
 Each process of a multi-GPU run holds its own graphs; the backward graph's parameter gradients
 reach ``param.grad`` through autograd before OpenNMT-py's all-reduce reads them.
@@ -23,7 +26,7 @@ reach ``param.grad`` through autograd before OpenNMT-py's all-reduce reads them.
 from __future__ import annotations
 
 from collections import OrderedDict
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 
 import torch
 import torch.nn as nn
@@ -172,8 +175,10 @@ class GraphedModel:
 
     def _entry(self, src, tgt, src_len):
         dec = self.model.decoder
+        device = src.device.type
+        amp = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else None
         key = (tuple(src.shape), tuple(tgt.shape), getattr(dec, "dropout_p", None),
-               getattr(self.model.encoder, "dropout_p", None))
+               getattr(self.model.encoder, "dropout_p", None), amp)
         if key in self.cache:
             self.cache.move_to_end(key)
             return self.cache[key]
@@ -183,7 +188,8 @@ class GraphedModel:
         # warm-up and capture draw masks too: the step itself must draw what an eager step would
         rng = torch.get_rng_state()
         try:
-            fn = self.capture(module, static)
+            with torch.autocast(device, dtype=amp, cache_enabled=False) if amp else nullcontext():
+                fn = self.capture(module, static)
         except Exception as exc:  # noqa: BLE001 - any failure: the caller goes on eagerly
             raise CaptureFailed(f"{type(exc).__name__}: {exc}") from exc
         finally:
@@ -222,8 +228,6 @@ def unsupported(opt, model) -> str | None:
                        ("lambda_align", "alignment"), ("truncated_decoder", "-truncated_decoder")):
         if getattr(opt, flag, 0):
             return f"{what} is not captured"
-    if getattr(opt, "model_dtype", "fp32") == "fp16":
-        return "-model_dtype fp16 (autocast) is not captured"
     if not hasattr(model.decoder, "attn") or not model.decoder.attentional:
         return "a decoder without attention is not captured"
     return None
@@ -250,7 +254,7 @@ def wrap_model_forward(inner):
     def forward(self, src, tgt, src_len, bptt=False, with_align=False):
         graphs = self.__dict__.get("_sdrop_graphs")
         if graphs is None or not self.training or bptt or with_align \
-                or not torch.is_grad_enabled() or torch.is_autocast_enabled(src.device.type):
+                or not torch.is_grad_enabled():
             return inner(self, src, tgt, src_len, bptt=bptt, with_align=with_align)
         try:
             return graphs(src, tgt, src_len)
