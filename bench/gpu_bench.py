@@ -1,16 +1,19 @@
 #!/usr/bin/env python
 """GPU benchmarks for the CUDA backend, in one run (see bench/gpu_check.sh).
 
+results: training tok/s of stock OpenNMT-py, sdrop dense and sdrop compacted (CUDA kernels), each
+         sdrop variant eager and with CUDA graphs, fp32 and fp16 (AMP), default size (2x500, batch
+         64) and large (1024, batch 256), with GPU kernel ms, kernel launches per step (torch
+         profiler) and peak memory; "graphs_fell_back_to_eager" marks a graphed variant whose
+         capture failed (it then ran eagerly). Measured first: it is what a user sees.
 micro:   each of the six compacted GEMMs (consumer fwd/dx/dw at the generator's shape, producer
          fwd/dx/dw at the attention output layer's) with every kernel choice of the CUDA backend
-         (cupy_backend.GEMM_KERNELS, and DW_KERNELS on the weight gradients: field "kernel", and
-         "runs" = the kernels one call launched) against cuBLAS on the dense tensors of the same
-         shape, at p 0.3, the default and the large size, fp32 and fp16; every op timed with CUDA
-         events over a CUDA graph of --micro-reps calls (eager if capture fails: the row says
-         so), the per-batch weight permutation timed once on its own row.
-results: training tok/s of stock OpenNMT-py, sdrop dense and sdrop compacted (CUDA kernels), fp32
-         and fp16 (AMP), default size (2x500, batch 64) and large (1024, batch 256), with GPU kernel
-         ms, kernel launches per step (torch profiler) and peak memory.
+         (cupy_backend.GEMM_KERNELS, or those of --micro-kernels, and DW_KERNELS on the weight
+         gradients: field "kernel", and "runs" = the kernels one call launched) against cuBLAS on
+         the dense tensors of the same shape, at p 0.3, the default and the large size, fp32 and
+         fp16; every op timed with CUDA events over a CUDA graph of --micro-reps calls (eager if
+         capture fails: the row says so), the per-batch weight permutation timed once on its own
+         row.
 Writes OUT/gpu-<date>.json after every stage, so a timeout keeps what finished:
 {"device", "torch", "date", "results": [...], "micro": [...]} (rows as in issue 9, micro rows
 with "kernel" and "runs" added). --gemm-kernel / --dw-kernel pick the kernels of the training
@@ -86,13 +89,15 @@ def time_ms(fn, device, reps) -> tuple[float, str]:
     return start.elapsed_time(end) / reps, how
 
 
-def kernel_choices(cu) -> list[tuple[str, str]]:
-    """(GEMM_KERNEL, DW_KERNEL) pairs to time: every GEMM kernel of the CUDA backend with its
-    default weight-gradient form, and each other dW form (the torch backend: one)."""
+def kernel_choices(cu, gemm_kernels=None) -> list[tuple[str, str]]:
+    """(GEMM_KERNEL, DW_KERNEL) pairs to time: every GEMM kernel of the CUDA backend (or those of
+    ``gemm_kernels``) with its default weight-gradient form, and each other dW form (the torch
+    backend: one)."""
     if not hasattr(cu, "GEMM_KERNELS"):
         return [("torch", "torch")]
-    return [(g, cu.DW_KERNEL) for g in cu.GEMM_KERNELS] + \
-        [(g, d) for g in cu.GEMM_KERNELS for d in cu.DW_KERNELS if d != cu.DW_KERNEL]
+    kernels = [g for g in cu.GEMM_KERNELS if gemm_kernels is None or g in gemm_kernels]
+    return [(g, cu.DW_KERNEL) for g in kernels] + \
+        [(g, d) for g in kernels for d in cu.DW_KERNELS if d != cu.DW_KERNEL]
 
 
 def launched_by(cu, fn) -> str:
@@ -109,7 +114,8 @@ def launched_by(cu, fn) -> str:
     return ",".join(dict.fromkeys(names))
 
 
-def micro(cu, device, *, size, precision, hidden, batch, steps, vocab, p=0.3, reps=10):
+def micro(cu, device, *, size, precision, hidden, batch, steps, vocab, p=0.3, reps=10,
+          kernels=None):
     """Rows for the six grouped GEMMs, for every kernel choice of the backend (field "kernel":
     GEMM_KERNEL, or GEMM_KERNEL+DW_KERNEL on the weight-gradient rows; "runs": the kernels one
     call launched), each against cuBLAS on the dense shape, and the weight permutation."""
@@ -134,7 +140,7 @@ def micro(cu, device, *, size, precision, hidden, batch, steps, vocab, p=0.3, re
     }
     dense = {gemm: time_ms(fn, device, reps) for gemm, (_, fn) in cases.items()}   # cuBLAS
     rows = []
-    for gemm_kernel, dw_kernel in kernel_choices(cu):
+    for gemm_kernel, dw_kernel in kernel_choices(cu, kernels):
         saved = getattr(cu, "GEMM_KERNEL", None), getattr(cu, "DW_KERNEL", None)
         if saved[0] is not None:
             cu.GEMM_KERNEL, cu.DW_KERNEL = gemm_kernel, dw_kernel
@@ -216,7 +222,10 @@ def main(argv=None):
     ap.add_argument("--gemm-kernel", help="cupy_backend.GEMM_KERNEL for the training runs "
                     "(the micro benchmark times every choice)")
     ap.add_argument("--dw-kernel", help="cupy_backend.DW_KERNEL for the training runs")
+    ap.add_argument("--micro-kernels", help="comma-separated GEMM_KERNEL choices the micro "
+                    "benchmark times (default: all)")
     args = ap.parse_args(argv)
+    micro_kernels = args.micro_kernels.split(",") if args.micro_kernels else None
     if args.dry_run:
         from onmt_sdrop.ops import torch_backend as cu
 
@@ -252,29 +261,31 @@ def main(argv=None):
         out.write_text(json.dumps(result, indent=2) + "\n")
         print(f"[{stage}] wrote {out}", flush=True)
 
-    for size, dims in sizes.items():
-        for precision in precisions:
-            result["micro"] += micro(cu, device, size=size, precision=precision, steps=30,
-                                     vocab=base["vocab"], reps=reps, **dims)
-            save(f"micro {size} {precision}")
     for size, dims in ({} if args.no_e2e else sizes).items():
         steps = args.steps if size == "default" else max(5, args.steps // 3)
         for precision in precisions:
             cfg = dict(base, steps=steps, **dims)
             amp = precision == "fp16"
-            # graphs are not captured under autocast (they fall back to eager): fp32 only
-            run = {k: v for k, v in variants.items() if not (amp and k.endswith("+graphs"))}
-            tok_s = cpu_bench.measure(run, amp=amp, **cfg)
-            prof = profile_steps(run, amp=amp, **cfg) if device == "cuda" else {}
+            fell_back = set()
+            tok_s = cpu_bench.measure(variants, amp=amp, eager_after_all=fell_back, **cfg)
+            prof = profile_steps(variants, amp=amp, **cfg) if device == "cuda" else {}
             for variant, value in tok_s.items():
                 gpu_ms, launches, peak = prof.get(variant, (None, None, None))
                 result["results"].append({
                     "size": size, "precision": precision,
                     "variant": variant.replace("sdrop_", "").replace("+graphs", ""),
                     "graphs": variant.endswith("+graphs"), "tok_s": value,
+                    "graphs_fell_back_to_eager": variant in fell_back,
                     "gpu_ms_per_step": gpu_ms, "launches_per_step": launches,
                     "peak_mem_mb": peak})
             save(f"e2e {size} {precision}")
+    # then the micro rows (training first: it is what a user sees)
+    for size, dims in sizes.items():
+        for precision in precisions:
+            result["micro"] += micro(cu, device, size=size, precision=precision, steps=30,
+                                     vocab=base["vocab"], reps=reps, kernels=micro_kernels,
+                                     **dims)
+            save(f"micro {size} {precision}")
     print(json.dumps([(r["size"], r["precision"], r["variant"], r["tok_s"])
                       for r in result["results"]]))
 
