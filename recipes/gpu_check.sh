@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Issue 11, in one device call of at most 8 minutes: Multi30k En-De with the full-size model
 # (OpenNMT-py defaults: 2x500 bi-LSTM encoder, input-feed decoder, general attention, dropout 0.3;
-# profile gpu-converge: Adam 1e-3, 128 sentences a batch, 800 steps, 2 DataLoader workers),
+# profile gpu-converge: Adam 1e-3, 128 sentences a batch, 800 steps, no DataLoader workers),
 # the stock baseline against sdrop (default backend: auto), two seeds per model, greedy valid BLEU
 # at every checkpoint (BLEU against wall-clock time), then a --time-budget run (both models get the
 # same minutes), and one report over the seeds.
@@ -27,10 +27,12 @@
 # The two seeds of a model train at the same time on the one GPU (two processes; the step is
 # launch-bound, so they share it with little loss): this is what fits two seeds into 8 minutes.
 # Sizes (env): STEPS (default 800), BUDGET_MIN (0.5), TOTAL_S (a deadline for the whole script,
-# default 470 s), EXTRA (more onmt_train options for both models). Estimate from the one GPU run
-# so far (H200, stock ~70 ms/step, sdrop ~160 ms/step at batch 64, launch-bound): ~20 s wheels
-# and data, ~330 s for the seeds (sdrop's 800 steps, validations, translations), ~120 s for the
-# budget run; the budget run is skipped, saying so, when too little time is left for it.
+# default 470 s), EXTRA (more onmt_train options for both models). Estimate from an H200 at batch
+# 64 (bench/results/trainer-gpu-2026-11-27*.json: stock 48 ms/step, sdrop 27 ms with its CUDA
+# graphs, on by default): ~20 s wheels and data, ~200 s for the seeds (800 steps, validations,
+# translations), ~120 s for the budget run; the budget run is skipped, saying so, when too little
+# time is left for it. The first H200 run (2026-11-27, 2 workers then) hung: the spawned workers
+# could not import OpenNMT-py without the start-up hook (bench/gpu_env.sh installs it now).
 set -uo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(dirname "$here")
@@ -40,7 +42,7 @@ mode=gpu
 stage=recipe
 for arg in "$@"; do
   case "$arg" in
-    -h|--help) sed -n '2,31s/^# \{0,1\}//p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,35s/^# \{0,1\}//p' "$0"; exit 0 ;;
     --stage-data)
       mkdir -p recipes/work/gpu-data
       cp "${MULTI30K_ENDE_RAW:-$root/../shared/data/multi30k-ende}"/{train,valid,test2016}.{en,de}.xz \
@@ -56,9 +58,7 @@ if [ "$stage" = trainer ]; then
   export PYTHONUNBUFFERED=1 PYTHONWARNINGS=ignore
   py=python3
   if [ "$mode" = gpu ]; then
-    python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl \
-      || { echo "gpu_check.sh: error: no wheels in .whl/ (../shared/tools/gpu-wheels.sh)" >&2; exit 1; }
-    export PYTHONPATH=/tmp/site:$PWD
+    source bench/gpu_env.sh || exit 1
     OUT=${OUT:-bench/results}
     data=(--data data/iwslt14-sample)
     [ -e recipes/work/gpu-data/train.en.xz ] && data=(--data recipes/work/gpu-data --langs en,de)
@@ -89,9 +89,7 @@ if [ "$mode" = gpu ]; then
   steps=${STEPS:-800} budget=${BUDGET_MIN:-0.5} total=${TOTAL_S:-470}
   opts=--gpu   # the profile turns on the greedy valid BLEU
   py=python3
-  python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl \
-    || { echo "gpu_check.sh: error: no wheels in .whl/ (../shared/tools/gpu-wheels.sh)" >&2; exit 1; }
-  export PYTHONPATH=/tmp/site:$PWD
+  source bench/gpu_env.sh || exit 1
 else
   OUT=${OUT:-$(mktemp -d)/gpu-dry-run}
   pair=sample-deen profile=tiny raw=data/iwslt14-sample
