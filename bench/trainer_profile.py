@@ -61,8 +61,8 @@ ROOT = Path(__file__).resolve().parents[1]
 PHASES = ("data", "forward", "loss", "stats", "backward", "optimizer", "rest")
 VARIANTS = {
     "stock": ("baseline", []),
-    "sdrop": ("sdrop", []),
-    "sdrop_dense": ("sdrop", ["-sdrop_backend", "dense"]),
+    "sdrop": ("sdrop", ["-sdrop_cuda_graphs", "0"]),   # eager (graphs are on by default)
+    "sdrop_dense": ("sdrop", ["-sdrop_backend", "dense", "-sdrop_cuda_graphs", "0"]),
     "sdrop_graphs": ("sdrop", ["-sdrop_cuda_graphs", "1"]),
 }
 # aten ops that read a device value back to the host (the host waits for the device)

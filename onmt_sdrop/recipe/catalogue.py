@@ -70,13 +70,11 @@ def _with(args: tuple, opt: str, value: str) -> tuple:
     return tuple(value if prev == opt else a for prev, a in zip(("",) + args, args))
 
 
-# GPU profiles load batches in 2 DataLoader workers. Issue 11 (H200): the stock trainer's step
-# took about as long as bench/cpu_bench.py's bare loop on batches twice as large, so the trainer's
-# own work (data loading with -num_workers 0, loss, statistics) weighs about as much as the model;
-# how much of it is data loading is what bench/trainer_profile.py measures (recipes/gpu_check.sh
-# --trainer-profile runs it with -num_workers 0 and 2). OpenNMT-py 3.5.1 starts fresh workers
-# at every validation (see gpu-converge).
-_GPU_COMMON = _with(_COMMON, "-num_workers", "2")
+# GPU profiles load batches without DataLoader workers too. On an H200 (bench/trainer_profile.py,
+# bench/results/trainer-gpu-2026-11-27a.json) 2 workers made the launch-bound step slower, not
+# faster: sdrop 116 ms/step against 71 ms with none, stock 64 ms against 48 (b.json): their
+# pin-memory thread competes with the trainer for the GIL. Without workers no fresh interpreter
+# has to import OpenNMT-py either (a spawned one needs the start-up hook, see bench/gpu_env.sh).
 
 _FULL = ("-layers", "2", "-hidden_size", "500", "-word_vec_size", "500", "-batch_size", "64",
          "-global_attention", "general", "-input_feed", "1")
@@ -86,20 +84,17 @@ _ADAM = ("-optim", "adam", "-learning_rate", "0.001")
 
 PROFILES = {
     # paper scale: OpenNMT-py defaults (2x500, SGD 1.0), to convergence on a GPU
-    "full": Profile("full", _GPU_COMMON + _FULL + ("-optim", "sgd", "-learning_rate", "1.0",
+    "full": Profile("full", _COMMON + _FULL + ("-optim", "sgd", "-learning_rate", "1.0",
                                                    "-start_decay_steps", "30000",
                                                    "-decay_steps", "5000"), 50000, 2500,
                     valid_bleu=True),
     # the full-size model for a fixed number of steps that fits a few minutes on one H100
-    "gpu-short": Profile("gpu-short", _GPU_COMMON + _FULL + _ADAM, 3000, 500, valid_bleu=True),
+    "gpu-short": Profile("gpu-short", _COMMON + _FULL + _ADAM, 3000, 500, valid_bleu=True),
     # recipes/gpu_check.sh: the full-size model on Multi30k, baseline and sdrop x 2 seeds inside
-    # one 8-minute device call. Measured on an H200 (issue 11): stock ~70 ms/step, sdrop ~160 ms;
-    # the GPU is launch-bound, so 128 sentences a batch cost about what 64 do: 800 steps are
-    # 3.5 epochs of Multi30k, ~60 s (stock) + ~130 s (sdrop) per seed. Validation every 200
-    # steps: OpenNMT-py 3.5.1 alone spawns fresh DataLoader workers (context "spawn", not
-    # persistent) for every validation when -num_workers > 0, a few seconds each; the plugin
-    # builds the validation iterator without workers
-    "gpu-converge": Profile("gpu-converge", _with(_GPU_COMMON + _FULL, "-batch_size", "128")
+    # one 8-minute device call. Measured on an H200 at batch 64 (bench/results/trainer-gpu-*):
+    # stock 48 ms/step, sdrop 71 ms eager and 27 ms with CUDA graphs; the GPU is launch-bound,
+    # so 128 sentences a batch cost about what 64 do: 800 steps are 3.5 epochs of Multi30k
+    "gpu-converge": Profile("gpu-converge", _with(_COMMON + _FULL, "-batch_size", "128")
                             + _ADAM, 800, 200, valid_bleu=True, valid_bleu_lines=500),
     # both models finish on a 2-core CPU in about 30 minutes each
     "cpu-small": Profile("cpu-small", _COMMON + _SMALL, 2500, 250),  # ~25 min per model here
