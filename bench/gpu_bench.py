@@ -114,43 +114,61 @@ def launched_by(cu, fn) -> str:
     return ",".join(dict.fromkeys(names))
 
 
+def gemm_cases(ops, m, x, w_c, dy, xp, w_p, dyp):
+    """The six grouped GEMMs of backend ``ops`` as calls on its own layouts (its gathered inputs,
+    its permuted weights, float32 weight-gradient buffers)."""
+    xc, dyc = ops.gather(x, m), ops.gather(dyp, m)
+    wc_ext, wp_ext = ops.permute_weight(w_c, m, 1).ext, ops.permute_weight(w_p, m, 0).ext
+    dw_c = torch.zeros(wc_ext.shape, device=x.device)
+    dw_p = torch.zeros(wp_ext.shape, device=x.device)
+    return {
+        "consumer_fwd": lambda: ops.consumer_fwd(xc, wc_ext, m),
+        "consumer_dx": lambda: ops.consumer_dx(dy, wc_ext, m),
+        "consumer_dw": lambda: ops.consumer_dw(dy, xc, m, dw_c),
+        "producer_fwd": lambda: ops.producer_fwd(xp, wp_ext, m),
+        "producer_dx": lambda: ops.producer_dx(dyc, wp_ext, m),
+        "producer_dw": lambda: ops.producer_dw(dyc, xp, m, dw_p),
+    }
+
+
 def micro(cu, device, *, size, precision, hidden, batch, steps, vocab, p=0.3, reps=10,
           kernels=None):
     """Rows for the six grouped GEMMs, for every kernel choice of the backend (field "kernel":
     GEMM_KERNEL, or GEMM_KERNEL+DW_KERNEL on the weight-gradient rows; "runs": the kernels one
-    call launched), each against cuBLAS on the dense shape, and the weight permutation."""
+    call launched), on a GPU also the torch backend's per-step cuBLAS GEMMs (kernel "torch": a
+    graph of them is possible here because the mask stays fixed), each against cuBLAS on the
+    dense shape, and the weight permutation."""
+    from onmt_sdrop.ops import torch_backend
+
     dtype = PRECISIONS[precision]
     m = sample_step_mask(steps, hidden, p).to(device)
     rnd = lambda *s: torch.randn(*s, device=device, dtype=dtype)  # noqa: E731
     # consumer: the generator (hidden -> vocab); producer: attention output (2 hidden -> hidden)
     x, w_c, dy = rnd(steps, batch, hidden), rnd(vocab, hidden), rnd(steps, batch, vocab)
     xp, w_p, dyp = rnd(steps, batch, 2 * hidden), rnd(hidden, 2 * hidden), rnd(steps, batch, hidden)
-    xc, dyc = cu.gather(x, m), cu.gather(dyp, m)
-    wc_ext, wp_ext = cu.permute_weight(w_c, m, 1).ext, cu.permute_weight(w_p, m, 0).ext
-    dw_c = torch.zeros(wc_ext.shape, device=device)
-    dw_p = torch.zeros(wp_ext.shape, device=device)
     flat = lambda t: t.reshape(-1, t.shape[-1])  # noqa: E731
-    cases = {
-        "consumer_fwd": (lambda: cu.consumer_fwd(xc, wc_ext, m), lambda: flat(x) @ w_c.t()),
-        "consumer_dx": (lambda: cu.consumer_dx(dy, wc_ext, m), lambda: flat(dy) @ w_c),
-        "consumer_dw": (lambda: cu.consumer_dw(dy, xc, m, dw_c), lambda: flat(dy).t() @ flat(x)),
-        "producer_fwd": (lambda: cu.producer_fwd(xp, wp_ext, m), lambda: flat(xp) @ w_p.t()),
-        "producer_dx": (lambda: cu.producer_dx(dyc, wp_ext, m), lambda: flat(dyp) @ w_p),
-        "producer_dw": (lambda: cu.producer_dw(dyc, xp, m, dw_p), lambda: flat(dyp).t() @ flat(xp)),
-    }
-    dense = {gemm: time_ms(fn, device, reps) for gemm, (_, fn) in cases.items()}   # cuBLAS
+    dense_cases = {
+        "consumer_fwd": lambda: flat(x) @ w_c.t(), "consumer_dx": lambda: flat(dy) @ w_c,
+        "consumer_dw": lambda: flat(dy).t() @ flat(x), "producer_fwd": lambda: flat(xp) @ w_p.t(),
+        "producer_dx": lambda: flat(dyp) @ w_p, "producer_dw": lambda: flat(dyp).t() @ flat(xp)}
+    dense = {gemm: time_ms(fn, device, reps) for gemm, fn in dense_cases.items()}   # cuBLAS
+    tensors = (m, x, w_c, dy, xp, w_p, dyp)
+    choices = [(cu, g, d) for g, d in kernel_choices(cu, kernels)]
+    if cu is not torch_backend:
+        choices.append((torch_backend, "torch", "torch"))
     rows = []
-    for gemm_kernel, dw_kernel in kernel_choices(cu, kernels):
-        saved = getattr(cu, "GEMM_KERNEL", None), getattr(cu, "DW_KERNEL", None)
+    for ops, gemm_kernel, dw_kernel in choices:
+        saved = getattr(ops, "GEMM_KERNEL", None), getattr(ops, "DW_KERNEL", None)
         if saved[0] is not None:
-            cu.GEMM_KERNEL, cu.DW_KERNEL = gemm_kernel, dw_kernel
+            ops.GEMM_KERNEL, ops.DW_KERNEL = gemm_kernel, dw_kernel
         try:
-            for gemm, (compact, _) in cases.items():
+            cases = gemm_cases(ops, *tensors)
+            for gemm, compact in cases.items():
                 is_dw = gemm.endswith("_dw")
                 if not is_dw and saved[1] is not None and dw_kernel != saved[1]:
                     continue                    # forward / dX rows once per GEMM kernel
                 try:
-                    runs = launched_by(cu, compact)
+                    runs = launched_by(ops, compact)
                     c_ms, how_c = time_ms(compact, device, reps)
                 except Exception as exc:  # noqa: BLE001 - a kernel that fails is a result too
                     print(f"{gemm} with {gemm_kernel}/{dw_kernel} failed: {exc}", flush=True)
@@ -161,7 +179,8 @@ def micro(cu, device, *, size, precision, hidden, batch, steps, vocab, p=0.3, re
                 d_ms, how_d = dense[gemm]
                 rows.append({"gemm": gemm, "part": gemm.split("_")[1], "size": size,
                              "precision": precision, "p": p,
-                             "kernel": f"{gemm_kernel}+{dw_kernel}" if is_dw else gemm_kernel,
+                             "kernel": f"{gemm_kernel}+{dw_kernel}" if is_dw and saved[1]
+                             else gemm_kernel,
                              "runs": runs, "dense_ms": round(d_ms, 4),
                              "compact_ms": round(c_ms, 4), "speedup": round(d_ms / c_ms, 3),
                              "ideal": round(1 / (1 - p), 3),
@@ -172,7 +191,7 @@ def micro(cu, device, *, size, precision, hidden, batch, steps, vocab, p=0.3, re
                 print(rows[-1], flush=True)
         finally:
             if saved[0] is not None:
-                cu.GEMM_KERNEL, cu.DW_KERNEL = saved
+                ops.GEMM_KERNEL, ops.DW_KERNEL = saved
     perm_ms, how = time_ms(lambda: cu.permute_weight(w_c, m, 1), device, reps)
     rows.append({"gemm": "permute_weight (generator, once per batch)", "part": "prep",
                  "size": size, "precision": precision, "p": p, "kernel": "torch",

@@ -332,11 +332,18 @@ def test_gpu_bench_micro_times_every_kernel_choice(monkeypatch):
             for g in cupy_backend.GEMM_KERNELS}
     want |= {(f"{side}_dw", f"{g}+{d}") for side in ("consumer", "producer")
              for g in cupy_backend.GEMM_KERNELS for d in cupy_backend.DW_KERNELS}
-    assert set(got) == want
+    torch_rows = {(f"{side}_{part}", "torch") for side in ("consumer", "producer")
+                  for part in ("fwd", "dx", "dw")}   # the torch backend's per-step GEMMs
+    assert set(got) == want | torch_rows
     assert got[("consumer_fwd", "cublas")] == "cublas"
     assert got[("consumer_fwd", "tiled")] == "gemm_tiled_f32"
     assert got[("producer_dw", "tensor+tiles")] == "window_dw_tiled_f32"   # fp32: no TF32
+    assert got[("consumer_fwd", "torch")] == "torch"
     assert all(r["compact_ms"] > 0 for r in rows)
+    # --micro-kernels: only the named GEMM kernels (and the torch backend)
+    rows = gpu_bench.micro(cupy_backend, "cpu", size="default", precision="fp32", hidden=24,
+                           batch=4, steps=3, vocab=30, reps=1, kernels=["tensor"])
+    assert {r["kernel"].split("+")[0] for r in rows if r["part"] != "prep"} == {"tensor", "torch"}
 
 
 @pytest.mark.parametrize("kernel,dw,tf32,tol", [("tiled", "tiles", False, 1e-4),
