@@ -12,6 +12,12 @@ import sys
 
 from . import hook
 
+# At import, not in main(): a DataLoader worker (-num_workers > 0) is a spawned interpreter that
+# re-imports its parent's main module (this one) and then unpickles OpenNMT-py objects, so the
+# guards must be in place by then, start-up hook or not (without them `import onmt` dies on
+# `import spacy`; a GPU recipe run hung on that).
+hook.install()
+
 COMMANDS = {"train": "train", "translate": "translate", "build_vocab": "build_vocab",
             "build-vocab": "build_vocab", "average_models": "average_models",
             "average-models": "average_models"}
@@ -22,8 +28,6 @@ def _info() -> int:
 
     from . import __version__
     from .ops import cupy_available
-
-    hook.install()
     import onmt
 
     ok, why = cupy_available()
@@ -60,7 +64,6 @@ def main(argv=None) -> int:
         print(f"onmt-sdrop: error: unknown command {cmd!r}; one of "
               f"{', '.join(sorted(set(COMMANDS.values())))}, install-hook, info", file=sys.stderr)
         return 2
-    hook.install()
     module = importlib.import_module(f"onmt.bin.{COMMANDS[cmd]}")
     sys.argv = [f"onmt-sdrop {cmd}"] + rest
     from .patches import run_cli

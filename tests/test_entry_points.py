@@ -152,3 +152,25 @@ def test_missing_optional_transform_package_is_named(tmp_path):
         one_line_error(proc, "'clean' transform needs the package", "pip install")
     else:  # pragma: no cover - only where fasttext is installed
         assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.slow
+def test_dataloader_workers_train_without_the_start_up_hook(workdir, tmp_path):
+    """`onmt-sdrop train -num_workers 1` in an interpreter that never ran the start-up hook (-S:
+    no .pth file is read; the packages come from PYTHONPATH): the spawned worker re-imports
+    onmt_sdrop.cli, which installs the guards, so `import onmt` does not die on the missing
+    `spacy` and training finishes. Without the guard in the worker this run failed or hung."""
+    import sysconfig
+    import sys
+
+    site = sysconfig.get_paths()["purelib"]
+    root = Path(__file__).resolve().parents[1]
+    proc = run([sys.executable, "-S", "-c", "import onmt"],
+               env={"PYTHONPATH": f"{site}:{root}"}, timeout=120)
+    assert proc.returncode != 0 and "spacy" in proc.stderr   # what a bare worker meets
+    cmd = [sys.executable, "-S", "-m", "onmt_sdrop.cli", "train", "-config",
+           str(workdir / "c.yaml"), "-save_model", str(tmp_path / "m"), "-num_workers", "1",
+           "-train_steps", "4", "-valid_steps", "4", "-save_checkpoint_steps", "4",
+           *SDROP_PAIR]
+    ok(run(cmd, env={"PYTHONPATH": f"{site}:{root}"}, timeout=300))
+    assert (tmp_path / "m_step_4.pt").exists()
