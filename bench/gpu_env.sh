@@ -1,10 +1,10 @@
 # Sourced by the GPU scripts (bench/gpu_check.sh, recipes/gpu_check.sh) on the device machine:
 # installs the wheels carried in .whl/ (../shared/tools/gpu-wheels.sh) into /tmp/site, puts them
 # and this checkout on PYTHONPATH, and installs the start-up hook (onmt-sdrop install-hook) into
-# the interpreter's site-packages. The hook matters beyond onmt_train's own process: OpenNMT-py's
-# DataLoader workers (-num_workers > 0) are spawned, fresh interpreters that import every
-# transform module, and without the hook the terminology transform's `import spacy` kills them
-# (an H200 run of recipes/gpu_check.sh hung that way, 2026-11-27).
+# the interpreter's site-packages, as a user would (`onmt-sdrop install-hook`), so the stock
+# onmt_* commands load the plugin, in their spawned DataLoader workers too (without it a worker
+# dies on the terminology transform's `import spacy`; an H200 run of recipes/gpu_check.sh hung
+# that way, 2026-11-27, before `onmt-sdrop` installed the guards in its workers itself).
 python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/site \
   .whl/*.whl 2>&1 | grep -v "^WARNING: Target directory"
 if [ ! -d /tmp/site/onmt ]; then
