@@ -3,9 +3,10 @@
 
 results: training tok/s of stock OpenNMT-py, sdrop dense and sdrop compacted (CUDA kernels), each
          sdrop variant eager and with CUDA graphs, fp32 and fp16 (AMP), default size (2x500, batch
-         64) and large (1024, batch 256), with GPU kernel ms, kernel launches per step (torch
-         profiler) and peak memory; "graphs_fell_back_to_eager" marks a graphed variant whose
-         capture failed (it then ran eagerly). Measured first: it is what a user sees.
+         64) and large (1024, batch 256), with GPU kernel ms, kernel launches per step, the
+         kernels that take the most GPU time ("top_kernels": name, ms and launches per step;
+         torch profiler) and peak memory; "graphs_fell_back_to_eager" marks a graphed variant
+         whose capture failed (it then ran eagerly). Measured first: it is what a user sees.
 micro:   each of the six compacted GEMMs (consumer fwd/dx/dw at the generator's shape, producer
          fwd/dx/dw at the attention output layer's) with every kernel choice of the CUDA backend
          (cupy_backend.GEMM_KERNELS, or those of --micro-kernels, and DW_KERNELS on the weight
@@ -200,8 +201,12 @@ def micro(cu, device, *, size, precision, hidden, batch, steps, vocab, p=0.3, re
     return rows
 
 
+TOP_KERNELS = 8
+
+
 def profile_steps(variants, *, device, amp, steps=3, **cfg):
-    """{variant: (gpu kernel ms per step, launches per step, peak MB)} from the torch profiler."""
+    """{variant: (gpu kernel ms per step, launches per step, peak MB, the TOP_KERNELS kernels by
+    GPU time as [name, ms per step, launches per step])} from the torch profiler."""
     from torch.profiler import ProfilerActivity, profile
 
     common = cpu_bench.model_args(hidden=cfg["hidden"], layers=cfg["layers"],
@@ -219,9 +224,16 @@ def profile_steps(variants, *, device, amp, steps=3, **cfg):
                 cpu_bench.train_step(model, optim, *data[0][:3], amp)
             torch.cuda.synchronize()
         kernels = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+        by_name = {}
+        for e in kernels:
+            ms, n = by_name.get(e.name, (0.0, 0))
+            by_name[e.name] = (ms + e.device_time / 1e3, n + 1)
+        top = sorted(by_name.items(), key=lambda kv: -kv[1][0])[:TOP_KERNELS]
         out[name] = (round(sum(e.device_time for e in kernels) / 1e3 / steps, 3),
                      round(len(kernels) / steps, 1),
-                     round(torch.cuda.max_memory_allocated() / 2**20, 1))
+                     round(torch.cuda.max_memory_allocated() / 2**20, 1),
+                     [[k[:120], round(ms / steps, 3), round(n / steps, 1)]
+                      for k, (ms, n) in top])
         del model, optim
         torch.cuda.empty_cache()
     return out
@@ -289,14 +301,14 @@ def main(argv=None):
             tok_s = cpu_bench.measure(variants, amp=amp, eager_after_all=fell_back, **cfg)
             prof = profile_steps(variants, amp=amp, **cfg) if device == "cuda" else {}
             for variant, value in tok_s.items():
-                gpu_ms, launches, peak = prof.get(variant, (None, None, None))
+                gpu_ms, launches, peak, top = prof.get(variant, (None, None, None, None))
                 result["results"].append({
                     "size": size, "precision": precision,
                     "variant": variant.replace("sdrop_", "").replace("+graphs", ""),
                     "graphs": variant.endswith("+graphs"), "tok_s": value,
                     "graphs_fell_back_to_eager": variant in fell_back,
                     "gpu_ms_per_step": gpu_ms, "launches_per_step": launches,
-                    "peak_mem_mb": peak})
+                    "peak_mem_mb": peak, "top_kernels": top})
             save(f"e2e {size} {precision}")
     # then the micro rows (training first: it is what a user sees)
     for size, dims in sizes.items():
