@@ -91,14 +91,17 @@ def test_graphs_off_by_default_until_validated_and_refused_in_one_line(caplog):
 def test_captured_graphs_equal_eager_on_a_gpu():
     """The real capture: replays equal eager steps on the same masks (loss and every gradient),
     masks differ between replays, the cache keeps its bound."""
-    args = [*ARGS, "-sdrop_backend", "cupy"]
-    eager, _ = build(*args, dtype=torch.float32)
-    graphed, opt = build(*args, dtype=torch.float32)
-    copy_weights(graphed, eager)
-    eager.cuda()
-    graphed.cuda()
+    eager, graphed = gpu_pair()
     assert_steps_equal(eager, graphed, graphs.GraphedModel(graphed, capacity=1), "cuda",
                        rtol=1e-4, atol=1e-4)
+
+
+def gpu_pair():
+    """Two sdrop models with the same weights on the GPU, CUDA backend."""
+    eager, _ = build(*ARGS, "-sdrop_backend", "cupy", dtype=torch.float32)
+    graphed, _ = build(*ARGS, "-sdrop_backend", "cupy", dtype=torch.float32)
+    copy_weights(graphed, eager)
+    return eager.cuda(), graphed.cuda()
 
 
 def test_a_failed_capture_falls_back_to_eager_with_one_line(caplog):
@@ -202,12 +205,7 @@ def test_autocast_steps_are_captured_under_autocast_without_its_cast_cache():
 @pytest.mark.skipif(not cupy_available()[0], reason="needs a CUDA GPU and CuPy")
 def test_captured_autocast_graphs_equal_eager_on_a_gpu():
     """The real capture under fp16 autocast (the CUDA backend): replays equal eager steps."""
-    args = [*ARGS, "-sdrop_backend", "cupy"]
-    eager, _ = build(*args, dtype=torch.float32)
-    graphed, _ = build(*args, dtype=torch.float32)
-    copy_weights(graphed, eager)
-    eager.cuda()
-    graphed.cuda()
+    eager, graphed = gpu_pair()
     assert_autocast_steps_equal(eager, graphed, graphs.GraphedModel(graphed), "cuda",
                                 torch.float16, tol=1e-3)
 
