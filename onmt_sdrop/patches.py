@@ -41,6 +41,9 @@ The OpenNMT-py / torch names replaced, here and in :mod:`onmt_sdrop.plugin` and
 * ``onmt.train_single.build_dynamic_dataset_iter`` -- the validation iterator loads without
   DataLoader workers: with ``-num_workers`` > 0 OpenNMT-py 3.5.1 starts fresh ones (``spawn``)
   at every validation, seconds each (plugin/__init__.py).
+* ``onmt.inputters.dynamic_iterator.tensorify`` -- a batch for a GPU is made on the CPU and moved
+  in one pinned, non-blocking copy per tensor, not one synchronising copy per sentence
+  (plugin/__init__.py).
 * ``onmt.models.model.NMTModel.forward``, ``onmt.trainer.Trainer._gradient_accumulation`` -- with
   ``-sdrop_cuda_graphs`` on, a training step runs the captured encoder/decoder graphs, and each
   batch is padded to its shape bucket first (plugin/graphs.py).

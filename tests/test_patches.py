@@ -1,6 +1,7 @@
 """The OpenNMT-py patches: each applied once, each doing what README says."""
 from __future__ import annotations
 
+import inspect
 import io
 import sys
 from argparse import Namespace
@@ -101,7 +102,8 @@ def test_every_replacement_is_listed_in_the_patches_docstring():
               "onmt.model_builder"), (onmt.train_single, "onmt.train_single"),
               (onmt.bin.translate, "onmt.bin"), (ArgumentParser, "ArgumentParser"),
               (DataOptsCheckerMixin, "DataOptsCheckerMixin"),
-              (onmt.models.model.NMTModel, "NMTModel"), (onmt.trainer.Trainer, "Trainer")]
+              (onmt.models.model.NMTModel, "NMTModel"), (onmt.trainer.Trainer, "Trainer"),
+              (onmt.inputters.dynamic_iterator, "onmt.inputters.dynamic_iterator")]
     for owner, label in owners:
         for name in list(vars(owner)):
             if patches.replaced(owner, name):
@@ -135,6 +137,53 @@ def test_validation_iterator_loads_without_workers():
                     (CorpusTask.TRAIN, 2)]
     assert opt.num_workers == 2
     assert patches.replaced(onmt.train_single, "build_dynamic_dataset_iter")
+
+
+def test_a_gpu_batch_is_made_on_the_cpu_and_moved_once_per_tensor(monkeypatch):
+    """OpenNMT-py's tensorify for a device batch: built on the CPU by the stock function, then
+    each tensor moved once (pinned, non-blocking on a GPU; here the meta device stands in), the
+    lists untouched; a CPU batch is the stock one; the stock iterator calls the wrapper."""
+    import onmt.inputters.dynamic_iterator as dynamic_iterator
+    from onmt.constants import DefaultTokens
+
+    from onmt_sdrop.plugin import _wrap_tensorify
+
+    assert patches.replaced(dynamic_iterator, "tensorify")
+    vocabs = {"src": {DefaultTokens.PAD: 1}, "tgt": {DefaultTokens.PAD: 1}}
+    minibatch = [({"src": {"src_ids": [4, 5, 6]}, "tgt": {"tgt_ids": [7, 8]}, "cid": "c",
+                   "cid_line_number": i}, i) for i in range(3)]
+    minibatch[1][0]["src"]["src_ids"] = [4]
+    stock = inspect.unwrap(dynamic_iterator.tensorify)
+    devices, moved = [], []
+    real_to = torch.Tensor.to
+
+    def spy(inner):
+        def tensorify(vocabs, minibatch, device, left_pad=False):
+            devices.append(str(device))
+            return inner(vocabs, minibatch, device, left_pad)
+        return tensorify
+
+    def to(self, *args, **kwargs):
+        moved.append(tuple(self.shape))
+        return real_to(self, *args, **kwargs)
+
+    wrapped = _wrap_tensorify(spy(stock))
+    want = stock(vocabs, minibatch, torch.device("cpu"))
+    monkeypatch.setattr(torch.Tensor, "to", to)
+    got = wrapped(vocabs, minibatch, torch.device("meta"))
+    monkeypatch.undo()
+    assert devices == ["cpu"]
+    assert sorted(moved) == sorted(tuple(v.shape) for v in want.values()
+                                   if isinstance(v, torch.Tensor))
+    assert got.keys() == want.keys()
+    for k, v in want.items():
+        if isinstance(v, torch.Tensor):
+            assert got[k].device.type == "meta" and got[k].shape == v.shape, k
+        else:
+            assert got[k] == v, k
+    cpu = wrapped(vocabs, minibatch, torch.device("cpu"))
+    assert all(torch.equal(cpu[k], v) if isinstance(v, torch.Tensor) else cpu[k] == v
+               for k, v in want.items())
 
 
 def test_stock_registries_know_the_plugin():

@@ -6,7 +6,8 @@
 * their validation, run by OpenNMT-py's own model-option check;
 * the generator of an sdrop decoder reads only the kept units in training;
 * the validation iterator loads without DataLoader workers (OpenNMT-py 3.5.1 would start fresh
-  ones at every validation);
+  ones at every validation); a batch for a GPU is moved in one pinned copy per tensor, not one
+  synchronising copy per sentence;
 * ``-sdrop_backend`` is a run-time choice, not a model property: a checkpoint's stored value is
   replaced by this run's (``onmt_train -train_from``: its ``-sdrop_backend``; ``onmt_translate``:
   its own ``-sdrop_backend``, default ``auto``), so a model trained with ``cupy`` on a GPU loads on
@@ -22,8 +23,10 @@ import functools
 import inspect
 
 import onmt.decoders
+import torch
 import torch.nn as nn
 import onmt.encoders
+import onmt.inputters.dynamic_iterator
 import onmt.model_builder
 import onmt.opts
 import onmt.models.model
@@ -201,6 +204,25 @@ def _wrap_dataset_iter(build):
     return build_dynamic_dataset_iter
 
 
+def _wrap_tensorify(tensorify):
+    """A batch for a GPU is made on the CPU and moved in one pinned, non-blocking copy per
+    tensor. With ``-num_workers 0`` OpenNMT-py 3.5.1 makes every sentence a device tensor of its
+    own, a pageable (so synchronising) copy each: 131 copies and 136 host syncs per step on an
+    H200 at batch 64, for stock and sdrop alike, 5-7.5 ms of a 27-48 ms step. Same values, same
+    devices."""
+    @functools.wraps(tensorify)
+    def batch_on_device(vocabs, minibatch, device, left_pad=False):
+        device = torch.device(device)
+        if device.type == "cpu":
+            return tensorify(vocabs, minibatch, device, left_pad)
+        batch = tensorify(vocabs, minibatch, torch.device("cpu"), left_pad)
+        pin = device.type == "cuda"
+        return {k: (v.pin_memory() if pin else v).to(device, non_blocking=pin)
+                if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+    return batch_on_device
+
+
 def register() -> None:
     patches.apply()
     for name, cls in (("sdrop_rnn", SdropRNNEncoder), ("sdrop_brnn", SdropBiRNNEncoder)):
@@ -219,6 +241,7 @@ def register() -> None:
     wrap_once(onmt.models.model.NMTModel, "forward", graphs.wrap_model_forward)
     wrap_once(onmt.trainer.Trainer, "_gradient_accumulation", graphs.wrap_gradient_accumulation)
     wrap_once(onmt.train_single, "build_dynamic_dataset_iter", _wrap_dataset_iter)
+    wrap_once(onmt.inputters.dynamic_iterator, "tensorify", _wrap_tensorify)
 
 
 register()
