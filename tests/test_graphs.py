@@ -229,3 +229,22 @@ def assert_autocast_steps_equal(eager, graphed, runner, device, dtype, tol):
         assert res[1][1] == res[0][1] == (dtype if amp else torch.float32)
         for k in res[0][2]:
             torch.testing.assert_close(res[1][2][k], res[0][2][k], rtol=10 * tol, atol=tol, msg=k)
+
+
+@pytest.mark.parametrize("option, value", [("model_dtype", "fp16"), ("world_size", 2)])
+def test_auto_leaves_unvalidated_graphs_to_an_explicit_1(monkeypatch, caplog, option, value):
+    """Autocast and multi-GPU graphs have not run on a GPU: "auto" (-1) trains them eagerly with
+    one line saying how to turn graphs on; -sdrop_cuda_graphs 1 captures them."""
+    model, opt = build(*ARGS, "-sdrop_backend", "torch", dtype=torch.float32)
+    kernel_emulator.use_cuda_backend([model], monkeypatch.setattr)
+    monkeypatch.setattr(torch.Tensor, "is_cuda", property(lambda self: True))
+    assert graphs.enable(model, opt) is True            # fp32, one GPU: on
+    setattr(opt, option, value)
+    model.__dict__["_sdrop_graphs"] = None
+    logging.getLogger().addHandler(caplog.handler)
+    with caplog.at_level(logging.INFO):
+        assert graphs.enable(model, opt) is False
+    lines = [r.getMessage() for r in caplog.records if "CUDA graphs off" in r.getMessage()]
+    assert len(lines) == 1 and "-sdrop_cuda_graphs 1 turns them on" in lines[0]
+    opt.sdrop_cuda_graphs = 1
+    assert graphs.enable(model, opt) is True

@@ -40,6 +40,11 @@ from .generator import GeneratorLink
 # "auto" (-sdrop_cuda_graphs -1) turns graphs on on a GPU: tests/test_graphs.py's GPU tests
 # passed on an H200 (bench/results/logs/gpu-tests-2026-11-27.log). False: only when asked for (1).
 GRAPHS_VALIDATED = True
+# What "auto" leaves to -sdrop_cuda_graphs 1 until a GPU run has validated it: captures under
+# autocast (-model_dtype fp16; tests/test_graphs.py has the GPU test) and multi-GPU training
+# (never run here: one GPU at most).
+AUTOCAST_GRAPHS_VALIDATED = False
+MULTI_GPU_GRAPHS_VALIDATED = False
 BUCKET = 8
 CAPACITY = 16
 
@@ -233,13 +238,24 @@ def unsupported(opt, model) -> str | None:
     return None
 
 
+def not_yet_validated(opt) -> str | None:
+    """Why "auto" leaves graphs off for options ``opt`` that no GPU run has validated, or None."""
+    if getattr(opt, "model_dtype", "fp32") == "fp16" and not AUTOCAST_GRAPHS_VALIDATED:
+        return "-model_dtype fp16 graphs are not validated on a GPU yet (-sdrop_cuda_graphs 1 " \
+               "turns them on)"
+    if getattr(opt, "world_size", 1) > 1 and not MULTI_GPU_GRAPHS_VALIDATED:
+        return "graphs are not validated with -world_size > 1 yet (-sdrop_cuda_graphs 1 turns " \
+               "them on)"
+    return None
+
+
 def enable(model, opt) -> bool:
     """Attach graphs to ``model`` when ``-sdrop_cuda_graphs`` asks for them and they can run;
     says in one info line when they were asked for and cannot."""
     wanted = getattr(opt, "sdrop_cuda_graphs", -1)
     if wanted == 0 or (wanted < 0 and not GRAPHS_VALIDATED):
         return False
-    why = unsupported(opt, model)
+    why = unsupported(opt, model) or (None if wanted > 0 else not_yet_validated(opt))
     if why is not None:
         if wanted > 0 or next(model.parameters()).is_cuda:
             logger.info(f"sdrop: CUDA graphs off, eager steps instead: {why}")
