@@ -28,6 +28,7 @@ DTYPES = {"f32": torch.float32, "f16": torch.float16, "bf16": torch.bfloat16,
 FAMILIES = {
     ("grouped_gemm", ("grouped_gemm_", "window_dw_")): (TILE, GEMM_BLOCK),
     ("gemm_fast", ("gemm_tiled_", "window_dw_tiled_")): (64, (16, 16, 1)),
+    ("gemm_fast", ("gemm_wide_", "window_dw_wide_")): (128, (16, 16, 1)),
     ("gemm_fast", ("gemm_tc_", "window_dw_tc_")): (64, (128, 1, 1)),
 }
 
@@ -127,8 +128,8 @@ def _window_dw(module, fn, grid, block, args):
     assert q.dtype == p.dtype == dtype and dw.dtype == torch.float32, (fn, q.dtype, dw.dtype)
     assert off.dtype == cnt.dtype == torch.int64 and off.is_contiguous() and cnt.is_contiguous()
     groups, rows, u_len, v_len = map(int, (groups, rows, u_len, v_len))
-    assert grid[0] * tile >= v_len and grid[1] * tile >= u_len and grid[2] == 1, \
-        f"grid {grid} misses dW ({u_len} x {v_len})"
+    assert grid == (-(-v_len // tile), -(-u_len // tile), 1), \
+        f"grid {grid} is not the contract's for dW ({u_len} x {v_len}) in {tile}-tiles"
     rnd = _tf32 if tf32 else (lambda t: t.float())
     assert len(off) == len(cnt) == groups
     for g in range(groups):
@@ -155,6 +156,10 @@ def _grouped_gemm(module, fn, grid, block, args):
     assert grid[2] == len(cnt) == len(off)
     a_g, a_o, a_rs, a_cs, b_g, b_o, b_rs, b_cs, c_g, c_o, c_rs, c_cs = map(int, strides)
     mode = int(mode)
+    # the contract's grid: the largest extents (m_full / n_full: the largest count under a mode
+    # bit) in the family's tiles, so a launcher that assumes another family's tile fails here
+    assert grid[:2] == (-(-int(n_full) // tile), -(-int(m_full) // tile)), \
+        f"grid {grid} is not the contract's for C ({m_full} x {n_full}) in {tile}-tiles"
     for g in range(grid[2]):
         k_g, o = int(cnt[g]), int(off[g])
         m = k_g if mode & 1 else int(m_full)

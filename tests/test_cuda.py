@@ -59,7 +59,7 @@ def dw_kernel(request, monkeypatch):
 
 @pytest.fixture(params=cupy_backend.GEMM_KERNELS)
 def gemm_kernel(request, monkeypatch):
-    """... and each GEMM kernel family (simt, tiled, tensor, cublas)."""
+    """... and each GEMM kernel family (simt, tiled, wide, tensor, cublas)."""
     monkeypatch.setattr(cupy_backend, "GEMM_KERNEL", request.param)
     return request.param
 
@@ -207,7 +207,8 @@ def test_gemm_kernel_selection(device, gemm_kernel, dw_kernel, dtype, tf32, laun
         for a, r in zip(got, want):
             assert_close_scaled(a.float(), r.float(), tol)
         suffix = cupy_backend.SUFFIXES[dtype]
-        family = {"simt": "grouped_gemm_", "tiled": "gemm_tiled_"}.get(gemm_kernel, "gemm_tc_")
+        family = {"simt": "grouped_gemm_", "tiled": "gemm_tiled_",
+                  "wide": "gemm_wide_"}.get(gemm_kernel, "gemm_tc_")
         if family == "gemm_tc_" and dtype == torch.float32:
             family, suffix = ("gemm_tc_", "tf32") if tf32 else ("gemm_tiled_", suffix)
         fwd_dx = [n for n in launched if "acc" not in n and not n.startswith("window_dw")]
@@ -220,7 +221,7 @@ def test_gemm_kernel_selection(device, gemm_kernel, dw_kernel, dtype, tf32, laun
             family + "acc_"
         if dw_kernel == "tiles":
             want_dw = {"grouped_gemm_": "window_dw_", "gemm_tiled_": "window_dw_tiled_",
-                       "gemm_tc_": "window_dw_tc_"}[family]
+                       "gemm_wide_": "window_dw_wide_", "gemm_tc_": "window_dw_tc_"}[family]
         assert dws == [want_dw + suffix] * 2, launched
 
 
@@ -233,12 +234,19 @@ def host_kernels(tmp_path_factory):
     return lib
 
 
+# (mask size, batch, out, inp) of the own-code test: every GEMM of the six crosses a block tile's
+# edge (2 x 2 output tiles, the second ragged) and several k tiles, windows at odd offsets
+SHAPES = {"tiled": (70, 66, 70, 19), "tensor": (70, 66, 70, 19), "wide": (134, 130, 137, 131)}
+
+
 @pytest.mark.parametrize("kernel,dtype,tf32", [
     ("tiled", torch.float32, False), ("tiled", torch.float16, False),
-    ("tiled", torch.bfloat16, False), ("tensor", torch.float32, True),
-    ("tensor", torch.float16, False), ("tensor", torch.bfloat16, False)])
+    ("tiled", torch.bfloat16, False), ("wide", torch.float32, False),
+    ("wide", torch.float16, False), ("wide", torch.bfloat16, False),
+    ("tensor", torch.float32, True), ("tensor", torch.float16, False),
+    ("tensor", torch.bfloat16, False)])
 def test_fast_kernels_own_code_on_cpu(host_kernels, kernel, dtype, tf32, dw_kernel, monkeypatch):
-    """The code of kernels/gemm_fast.cu itself (tiles, double buffering, mma fragment layouts,
+    """The code of kernels/gemm_fast.cu itself (tiles, double buffering, fragment layouts,
     edges: 2 x 2 output tiles, several k tiles, counts varying by group, all-kept / none-kept /
     one-kept groups), run on the CPU with one fiber per CUDA thread and mma.sync carried out as
     the PTX ISA defines it, against the torch backend: what can be checked of the CUDA code
@@ -253,13 +261,18 @@ def test_fast_kernels_own_code_on_cpu(host_kernels, kernel, dtype, tf32, dw_kern
     monkeypatch.setattr(cupy_backend, "_cublas_batched", kernel_emulator.cublas_batched)
     monkeypatch.setattr(cupy_backend, "GEMM_KERNEL", kernel)
     monkeypatch.setattr(cupy_backend, "tf32_allowed", lambda: tf32)
-    for m in list(_masks(70, 3))[1::2]:      # counts varying by group; all / none / one kept
-        got = _six_gemms(cupy_backend, m, dtype, "cpu", batch=66, out=70)
-        want = _six_gemms(torch_backend, m, torch.float32, "cpu", batch=66, out=70)
+    size, b, out, inp = SHAPES[kernel]
+    tile = cupy_backend._family(dtype, torch.device("cpu"), kernel).tile
+    assert tile < min(size, b, out) < 2 * tile     # the shapes cross one block edge, raggedly
+    for m in list(_masks(size, 3))[1::2]:    # counts varying by group; all / none / one kept
+        got = _six_gemms(cupy_backend, m, dtype, "cpu", batch=b, out=out, inp=inp)
+        # the torch backend on the same (rounded) inputs: at these sizes bf16's rounding of the
+        # inputs alone moves results by more than 3e-2 of a float32 reference
+        want = _six_gemms(torch_backend, m, dtype, "cpu", batch=b, out=out, inp=inp)
         for a, r in zip(got, want):
             assert_close_scaled(a.float(), r.float(), 1e-4 if dtype == torch.float32 and not tf32
                                 else 3e-2)
-    family = "_tc_" if kernel == "tensor" else "_tiled_"
+    family = {"tensor": "_tc_", "tiled": "_tiled_", "wide": "_wide_"}[kernel]
     assert len(names) == 2 * 6 and all(family in n for n in names), names
 
 
@@ -347,6 +360,7 @@ def test_gpu_bench_micro_times_every_kernel_choice(monkeypatch):
 
 
 @pytest.mark.parametrize("kernel,dw,tf32,tol", [("tiled", "tiles", False, 1e-4),
+                                                ("wide", "tiles", False, 1e-4),
                                                 ("tensor", "atomic", True, 2e-2)])
 def test_full_model_with_kernels_own_code_on_cpu(host_kernels, kernel, dw, tf32, tol,
                                                    monkeypatch):

@@ -1,11 +1,15 @@
 // Faster kernels for the grouped window GEMMs of grouped_gemm.cu, with the SAME contracts.
 //
-// Two families, each with the grouped GEMM (plain and accumulating) and the atomic-free window
+// Three families, each with the grouped GEMM (plain and accumulating) and the atomic-free window
 // weight gradient; cupy_backend.GEMM_KERNEL picks the family:
 //
 //   gemm_tiled_{f32,f16,bf16}, gemm_tiled_acc_*, window_dw_tiled_*   ("tiled")
 //       true FP32 SIMT math: 64x64 block tile, 256 threads (16 x 16), each thread 4 x 4 outputs
 //       (rows ty*4 + i, columns tx + 16*j), k tile 16.
+//   gemm_wide_{f32,f16,bf16}, gemm_wide_acc_*, window_dw_wide_*      ("wide")
+//       true FP32 SIMT math for large shapes: 128x128 block tile, 256 threads (16 x 16), each
+//       thread 8 x 8 outputs (rows 64*h + ty*4 + i, columns 64*h + tx*4 + j, h and i, j < 4:
+//       two float4 fragments per axis from shared memory), k tile 16. Grids over 128-tiles.
 //   gemm_tc_{f16,bf16,tf32}, gemm_tc_acc_*, window_dw_tc_*            ("tensor")
 //       tensor cores (mma.sync m16n8k16 for f16/bf16, m16n8k8 for tf32 = float inputs rounded to
 //       TF32, used only when the user allowed TF32), float accumulation: 64x64 block tile,
@@ -14,15 +18,16 @@
 // Contracts (identical to grouped_gemm.cu's, see its table):
 //   gemm_*     : C[g] (M x N) (+)= A[g] (M x K) * B[g] (K x N), bases per group
 //                base + g * gstride + off[g] * ostride, mode bits 1/2/4: M/N/K = cnt[g];
-//                grid (ceil(N/64), ceil(M/64), groups) over the largest extents.
+//                grid (ceil(N/T), ceil(M/T), groups) over the largest extents, T the family's
+//                block tile (64; "wide": 128).
 //                gemm_*_acc adds into float C with atomicAdd (windows of groups overlap).
 //   window_dw_*: dW[u, v] += sum_g sum_b Q[g][b][u - off[g]] * P[g][b][v] for
-//                off[g] <= u < off[g] + cnt[g]; grid (ceil(v_len/64), ceil(u_len/64), 1); each
+//                off[g] <= u < off[g] + cnt[g]; grid (ceil(v_len/T), ceil(u_len/T), 1); each
 //                block owns its dW tile (no atomics, deterministic).
 // Inputs: float, or 16-bit (fp16 / bf16 passed as their raw bits); C of the plain GEMM has the
 // inputs' type, weight gradients are float.
 //
-// Both families stage tiles through registers into double-buffered shared memory: the global
+// All families stage tiles through registers into double-buffered shared memory: the global
 // loads of tile k+1 are issued before the math on tile k, and one __syncthreads per tile
 // separates the buffers. (cp.async is not used: the strides are general and a window starts at
 // any offset, so 16-byte aligned vector copies cannot be assumed.) Out-of-range elements of a
@@ -306,6 +311,97 @@ __device__ __forceinline__ void tiled_mainloop(const LA& la, const LB& lb, const
 #undef T_STORE
 }
 
+// ------------------------------------------------------------------ "wide": 8x8 per thread SIMT
+
+#define W_BM 128
+#define W_BN 128
+#define W_BK 16
+#define W_THREADS 256
+#define W_PAD 4                               // keeps rows 16-byte aligned for float4 reads
+#define W_LOADS (W_BM * W_BK / W_THREADS)     // elements of A (and of B) each thread loads
+
+// Row (column) of output i < 8 of thread t < 16 along one axis of the 128-tile: two 4-wide
+// fragments 64 apart, so each is one float4 from shared memory and the 16 threads of a half
+// warp read 16 consecutive float4 (no bank conflicts).
+__device__ __forceinline__ int wide_at(int t, int i) { return (i >> 2) * 64 + t * 4 + (i & 3); }
+
+// acc[i][j] = C(m0 + wide_at(ty, i), n0 + wide_at(tx, j)) over all k tiles of `tiles`.
+// A_KF / B_NF: la.k_fast() / lb.n_fast() as template constants, so that the load and store
+// offsets of the tile's elements fold into immediates (as run-time values they cost ~80
+// registers more).
+// As: A's tiles transposed, (k, m); Bs: B's, (k, n).
+typedef float WideTileA[2][W_BK][W_BM + W_PAD];
+typedef float WideTileB[2][W_BK][W_BN + W_PAD];
+template <class E, bool A_KF, bool B_NF, class LA, class LB, class Tiles>
+__device__ __forceinline__ void wide_mainloop(const LA& la, const LB& lb, const Tiles& tiles,
+                                              KPos kp, float (&acc)[8][8], WideTileA& As,
+                                              WideTileB& Bs) {
+    typedef typename E::raw R;
+    const int tid = threadIdx.y * 16 + threadIdx.x, tx = threadIdx.x, ty = threadIdx.y;
+    const Lanes al = lanes<W_BM, W_BK, W_THREADS>(tid, A_KF);
+    const Lanes bl = lanes<W_BK, W_BN, W_THREADS>(tid, B_NF);
+    R ra[W_LOADS], rb[W_LOADS];
+#pragma unroll
+    for (int i = 0; i < 8; ++i)
+#pragma unroll
+        for (int j = 0; j < 8; ++j) acc[i][j] = 0.f;
+    if (!tiles.valid(kp)) return;
+
+#define W_LOAD(kp_)                                                                               \
+    la.load(ra, al, kp_);                                                                         \
+    lb.load(rb, bl, kp_);
+#define W_STORE(buf_)                                                                             \
+    _Pragma("unroll") for (int l = 0; l < W_LOADS; ++l) {                                         \
+        As[buf_][al.c0 + l * al.dc][al.r0 + l * al.dr] = E::to_f(ra[l]);                          \
+        Bs[buf_][bl.r0 + l * bl.dr][bl.c0 + l * bl.dc] = E::to_f(rb[l]);                          \
+    }
+
+    W_LOAD(kp)
+    W_STORE(0)
+    __syncthreads();
+    int buf = 0;
+    while (true) {
+        const KPos nk = tiles.next(kp);
+        const bool more = tiles.valid(nk);
+        if (more) { W_LOAD(nk) }                 // in flight during the math below
+#pragma unroll
+        for (int kk = 0; kk < W_BK; ++kk) {
+            const float4 a0 = *reinterpret_cast<const float4*>(&As[buf][kk][ty * 4]);
+            const float4 a1 = *reinterpret_cast<const float4*>(&As[buf][kk][64 + ty * 4]);
+            const float4 b0 = *reinterpret_cast<const float4*>(&Bs[buf][kk][tx * 4]);
+            const float4 b1 = *reinterpret_cast<const float4*>(&Bs[buf][kk][64 + tx * 4]);
+            const float a[8] = {a0.x, a0.y, a0.z, a0.w, a1.x, a1.y, a1.z, a1.w};
+            const float b[8] = {b0.x, b0.y, b0.z, b0.w, b1.x, b1.y, b1.z, b1.w};
+#pragma unroll
+            for (int i = 0; i < 8; ++i)
+#pragma unroll
+                for (int j = 0; j < 8; ++j) acc[i][j] += a[i] * b[j];
+        }
+        if (more) { W_STORE(buf ^ 1) }
+        __syncthreads();
+        if (!more) break;
+        kp = nk;
+        buf ^= 1;
+    }
+#undef W_LOAD
+#undef W_STORE
+}
+
+// The shared tiles live here, not in wide_mainloop: each of its four instances would get its own.
+template <class E, class LA, class LB, class Tiles>
+__device__ __forceinline__ void wide_dispatch(const LA& la, const LB& lb, const Tiles& tiles,
+                                              KPos kp, float (&acc)[8][8]) {
+    __shared__ __align__(16) WideTileA As;
+    __shared__ __align__(16) WideTileB Bs;
+    if (la.k_fast()) {
+        if (lb.n_fast()) wide_mainloop<E, true, true>(la, lb, tiles, kp, acc, As, Bs);
+        else wide_mainloop<E, true, false>(la, lb, tiles, kp, acc, As, Bs);
+    } else {
+        if (lb.n_fast()) wide_mainloop<E, false, true>(la, lb, tiles, kp, acc, As, Bs);
+        else wide_mainloop<E, false, false>(la, lb, tiles, kp, acc, As, Bs);
+    }
+}
+
 // ------------------------------------------------------------------ "tensor": mma.sync
 
 #define C_BM 64
@@ -540,6 +636,49 @@ __device__ void window_dw_tiled(const typename E::raw* Q, const typename E::raw*
 }
 
 template <class E, typename TC, bool ACCUM>
+__device__ void gemm_wide(const typename E::raw* A, const typename E::raw* B, TC* C, GEMM_ARGS) {
+    typedef typename E::raw R;
+    GroupView v;
+    if (!group_view(v, off, cnt, mode, m_full, n_full, k_full, W_BM, W_BN)) return;
+    const int g = blockIdx.z, m0 = blockIdx.y * W_BM, n0 = blockIdx.x * W_BN;
+    const GemmA<R> la{A + g * a_g + v.o * a_o, a_rs, a_cs, v.M, v.K, m0};
+    const GemmB<R> lb{B + g * b_g + v.o * b_o, b_rs, b_cs, v.K, v.N, n0};
+    const GroupedTiles<W_BK> tiles{v.K};
+    float acc[8][8];
+    wide_dispatch<E>(la, lb, tiles, tiles.first(g, v.o, v.cnt), acc);
+    TC* c = C + g * c_g + v.o * c_o;
+#pragma unroll
+    for (int i = 0; i < 8; ++i)
+#pragma unroll
+        for (int j = 0; j < 8; ++j) {
+            const int r = m0 + wide_at(threadIdx.y, i), cc = n0 + wide_at(threadIdx.x, j);
+            if (r < v.M && cc < v.N) put_c<TC, E>(c + r * c_rs + cc * c_cs, acc[i][j], ACCUM);
+        }
+}
+
+template <class E>
+__device__ void window_dw_wide(const typename E::raw* Q, const typename E::raw* P, float* dW,
+                               WDW_ARGS) {
+    typedef typename E::raw R;
+    const int u0 = blockIdx.y * W_BM, v0 = blockIdx.x * W_BN;
+    if (u0 >= u_len || v0 >= v_len) return;
+    const WinA<R> la{Q, q_g, q_b, rows, u0};
+    const WinB<R> lb{P, p_g, p_b, rows, v_len, v0};
+    const WindowTiles<W_BK, W_BM> tiles{off, cnt, groups, rows, u0};
+    const KPos first = tiles.first();
+    if (!tiles.valid(first)) return;
+    float acc[8][8];
+    wide_dispatch<E>(la, lb, tiles, first, acc);
+#pragma unroll
+    for (int i = 0; i < 8; ++i)
+#pragma unroll
+        for (int j = 0; j < 8; ++j) {
+            const int u = u0 + wide_at(threadIdx.y, i), vv = v0 + wide_at(threadIdx.x, j);
+            if (u < u_len && vv < v_len) dW[u * dw_u + vv * dw_v] += acc[i][j];
+        }
+}
+
+template <class E, typename TC, bool ACCUM>
 __device__ void gemm_tc(const typename E::raw* A, const typename E::raw* B, TC* C, GEMM_ARGS) {
     typedef typename E::raw R;
     GroupView v;
@@ -627,6 +766,44 @@ window_dw_tiled_f16(const u16* Q, const u16* P, float* dW, WDW_ARGS) {
 extern "C" __global__ void __launch_bounds__(T_THREADS)
 window_dw_tiled_bf16(const u16* Q, const u16* P, float* dW, WDW_ARGS) {
     window_dw_tiled<BF16>(Q, P, dW, WDW_PASS);
+}
+
+// "wide": true FP32 math for every input type, 128x128 tiles.
+extern "C" __global__ void __launch_bounds__(W_THREADS)
+gemm_wide_f32(const float* A, const float* B, float* C, GEMM_ARGS) {
+    gemm_wide<F32, float, false>(A, B, C, GEMM_PASS);
+}
+extern "C" __global__ void __launch_bounds__(W_THREADS)
+gemm_wide_f16(const u16* A, const u16* B, u16* C, GEMM_ARGS) {
+    gemm_wide<F16, u16, false>(A, B, C, GEMM_PASS);
+}
+extern "C" __global__ void __launch_bounds__(W_THREADS)
+gemm_wide_bf16(const u16* A, const u16* B, u16* C, GEMM_ARGS) {
+    gemm_wide<BF16, u16, false>(A, B, C, GEMM_PASS);
+}
+extern "C" __global__ void __launch_bounds__(W_THREADS)
+gemm_wide_acc_f32(const float* A, const float* B, float* C, GEMM_ARGS) {
+    gemm_wide<F32, float, true>(A, B, C, GEMM_PASS);
+}
+extern "C" __global__ void __launch_bounds__(W_THREADS)
+gemm_wide_acc_f16(const u16* A, const u16* B, float* C, GEMM_ARGS) {
+    gemm_wide<F16, float, true>(A, B, C, GEMM_PASS);
+}
+extern "C" __global__ void __launch_bounds__(W_THREADS)
+gemm_wide_acc_bf16(const u16* A, const u16* B, float* C, GEMM_ARGS) {
+    gemm_wide<BF16, float, true>(A, B, C, GEMM_PASS);
+}
+extern "C" __global__ void __launch_bounds__(W_THREADS)
+window_dw_wide_f32(const float* Q, const float* P, float* dW, WDW_ARGS) {
+    window_dw_wide<F32>(Q, P, dW, WDW_PASS);
+}
+extern "C" __global__ void __launch_bounds__(W_THREADS)
+window_dw_wide_f16(const u16* Q, const u16* P, float* dW, WDW_ARGS) {
+    window_dw_wide<F16>(Q, P, dW, WDW_PASS);
+}
+extern "C" __global__ void __launch_bounds__(W_THREADS)
+window_dw_wide_bf16(const u16* Q, const u16* P, float* dW, WDW_ARGS) {
+    window_dw_wide<BF16>(Q, P, dW, WDW_PASS);
 }
 
 // "tensor": f16 / bf16 on the tensor cores; tf32 = float inputs rounded to TF32 (only when the

@@ -77,6 +77,8 @@ def _windows(mask: StepMask, device):
 #   "simt"   kernels/grouped_gemm.cu: 32x32 SIMT tiles (passed its GPU tests on an H200).
 #   "tiled"  kernels/gemm_fast.cu gemm_tiled_*: true-FP32 SIMT, 64x64 block tiles, 4x4 outputs
 #            per thread, double-buffered shared memory, for every dtype.
+#   "wide"   kernels/gemm_fast.cu gemm_wide_*: true-FP32 SIMT for large shapes, 128x128 block
+#            tiles, 8x8 outputs per thread, for every dtype; NOT run on a GPU yet (untimed).
 #   "tensor" kernels/gemm_fast.cu gemm_tc_*: fp16 / bf16 on the tensor cores (mma.sync, float
 #            accumulation), 64x64 tiles, double-buffered; fp32 uses TF32 tensor cores only when
 #            the user allowed TF32 (torch.backends.cuda.matmul.allow_tf32), else "tiled".
@@ -86,7 +88,7 @@ def _windows(mask: StepMask, device):
 # DW_KERNEL picks the weight-gradient form: "atomic" = the chosen family's grouped GEMM
 # accumulating with atomicAdd; "tiles" = its window_dw (atomic-free and deterministic: each
 # block owns a dW tile and loops over the groups whose window meets it).
-# Every choice passed its GPU tests on an H200 (bench/results/logs/gpu-tests-2026-11-27.log);
+# Every choice but "wide" passed its GPU tests on an H200 (bench/results/logs/gpu-tests-2026-11-27.log);
 # CPU machines check them through tests/kernel_emulator.py and tests/cuda_host.cpp. The default,
 # "tensor" + "tiles", was the fastest capturable pair at every size and precision timed there
 # (bench/results/gpu-2026-11-27.json): the six GEMMs took 0.77x (default size, fp32) to 0.23x
@@ -94,7 +96,7 @@ def _windows(mask: StepMask, device):
 # and dX, but CuPy refuses cuBLAS calls inside a CUDA graph capture.
 # The environment variables SDROP_GEMM_KERNEL / SDROP_DW_KERNEL set them for a whole run (e.g.
 # onmt_train) without code.
-GEMM_KERNELS = ("simt", "tiled", "tensor", "cublas")
+GEMM_KERNELS = ("simt", "tiled", "wide", "tensor", "cublas")
 DW_KERNELS = ("atomic", "tiles")
 GEMM_KERNEL = os.environ.get("SDROP_GEMM_KERNEL", "tensor")
 DW_KERNEL = os.environ.get("SDROP_DW_KERNEL", "tiles")
@@ -115,6 +117,7 @@ class _Family(NamedTuple):
 
 _SIMT = ("grouped_gemm", "grouped_gemm_", "grouped_gemm_acc_", "window_dw_")
 _TILED = ("gemm_fast", "gemm_tiled_", "gemm_tiled_acc_", "window_dw_tiled_")
+_WIDE = ("gemm_fast", "gemm_wide_", "gemm_wide_acc_", "window_dw_wide_")
 _TENSOR = ("gemm_fast", "gemm_tc_", "gemm_tc_acc_", "window_dw_tc_")
 
 
@@ -147,6 +150,8 @@ def _family(dtype, device, kernel=None) -> _Family:
         kernel = "tiled"
     if kernel == "tiled":
         return _Family(*_TILED, suffix, 64, (16, 16, 1))
+    if kernel == "wide":
+        return _Family(*_WIDE, suffix, 128, (16, 16, 1))
     return _Family(*_SIMT, suffix, TILE, (TILE, TILE // ROWS_PER_THREAD, 1))
 
 
