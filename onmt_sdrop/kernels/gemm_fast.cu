@@ -318,6 +318,13 @@ __device__ __forceinline__ void tiled_mainloop(const LA& la, const LB& lb, const
 #define W_BK 16
 #define W_THREADS 256
 #define W_PAD 4                               // keeps rows 16-byte aligned for float4 reads
+// Two blocks per SM where ptxas fits that without spills (sm_90: 126 registers, none spilled;
+// sm_80 would spill in window_dw, so there ptxas picks, 128-134 registers).
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+#define W_BOUNDS __launch_bounds__(W_THREADS, 2)
+#else
+#define W_BOUNDS __launch_bounds__(W_THREADS)
+#endif
 #define W_LOADS (W_BM * W_BK / W_THREADS)     // elements of A (and of B) each thread loads
 
 // Row (column) of output i < 8 of thread t < 16 along one axis of the 128-tile: two 4-wide
@@ -364,7 +371,7 @@ __device__ __forceinline__ void wide_mainloop(const LA& la, const LB& lb, const 
         const KPos nk = tiles.next(kp);
         const bool more = tiles.valid(nk);
         if (more) { W_LOAD(nk) }                 // in flight during the math below
-#pragma unroll
+#pragma unroll 2                           // fully unrolled, sm_90 needs 151 registers
         for (int kk = 0; kk < W_BK; ++kk) {
             const float4 a0 = *reinterpret_cast<const float4*>(&As[buf][kk][ty * 4]);
             const float4 a1 = *reinterpret_cast<const float4*>(&As[buf][kk][64 + ty * 4]);
@@ -769,39 +776,39 @@ window_dw_tiled_bf16(const u16* Q, const u16* P, float* dW, WDW_ARGS) {
 }
 
 // "wide": true FP32 math for every input type, 128x128 tiles.
-extern "C" __global__ void __launch_bounds__(W_THREADS)
+extern "C" __global__ void W_BOUNDS
 gemm_wide_f32(const float* A, const float* B, float* C, GEMM_ARGS) {
     gemm_wide<F32, float, false>(A, B, C, GEMM_PASS);
 }
-extern "C" __global__ void __launch_bounds__(W_THREADS)
+extern "C" __global__ void W_BOUNDS
 gemm_wide_f16(const u16* A, const u16* B, u16* C, GEMM_ARGS) {
     gemm_wide<F16, u16, false>(A, B, C, GEMM_PASS);
 }
-extern "C" __global__ void __launch_bounds__(W_THREADS)
+extern "C" __global__ void W_BOUNDS
 gemm_wide_bf16(const u16* A, const u16* B, u16* C, GEMM_ARGS) {
     gemm_wide<BF16, u16, false>(A, B, C, GEMM_PASS);
 }
-extern "C" __global__ void __launch_bounds__(W_THREADS)
+extern "C" __global__ void W_BOUNDS
 gemm_wide_acc_f32(const float* A, const float* B, float* C, GEMM_ARGS) {
     gemm_wide<F32, float, true>(A, B, C, GEMM_PASS);
 }
-extern "C" __global__ void __launch_bounds__(W_THREADS)
+extern "C" __global__ void W_BOUNDS
 gemm_wide_acc_f16(const u16* A, const u16* B, float* C, GEMM_ARGS) {
     gemm_wide<F16, float, true>(A, B, C, GEMM_PASS);
 }
-extern "C" __global__ void __launch_bounds__(W_THREADS)
+extern "C" __global__ void W_BOUNDS
 gemm_wide_acc_bf16(const u16* A, const u16* B, float* C, GEMM_ARGS) {
     gemm_wide<BF16, float, true>(A, B, C, GEMM_PASS);
 }
-extern "C" __global__ void __launch_bounds__(W_THREADS)
+extern "C" __global__ void W_BOUNDS
 window_dw_wide_f32(const float* Q, const float* P, float* dW, WDW_ARGS) {
     window_dw_wide<F32>(Q, P, dW, WDW_PASS);
 }
-extern "C" __global__ void __launch_bounds__(W_THREADS)
+extern "C" __global__ void W_BOUNDS
 window_dw_wide_f16(const u16* Q, const u16* P, float* dW, WDW_ARGS) {
     window_dw_wide<F16>(Q, P, dW, WDW_PASS);
 }
-extern "C" __global__ void __launch_bounds__(W_THREADS)
+extern "C" __global__ void W_BOUNDS
 window_dw_wide_bf16(const u16* Q, const u16* P, float* dW, WDW_ARGS) {
     window_dw_wide<BF16>(Q, P, dW, WDW_PASS);
 }
