@@ -332,13 +332,14 @@ __device__ __forceinline__ void tiled_mainloop(const LA& la, const LB& lb, const
 // warp read 16 consecutive float4 (no bank conflicts).
 __device__ __forceinline__ int wide_at(int t, int i) { return (i >> 2) * 64 + t * 4 + (i & 3); }
 
-// acc[i][j] = C(m0 + wide_at(ty, i), n0 + wide_at(tx, j)) over all k tiles of `tiles`.
-// A_KF / B_NF: la.k_fast() / lb.n_fast() as template constants, so that the load and store
-// offsets of the tile's elements fold into immediates (as run-time values they cost ~80
-// registers more).
-// As: A's tiles transposed, (k, m); Bs: B's, (k, n).
+// Double-buffered shared tiles: A's transposed, (k, m); B's (k, n).
 typedef float WideTileA[2][W_BK][W_BM + W_PAD];
 typedef float WideTileB[2][W_BK][W_BN + W_PAD];
+
+// acc[i][j] = C(m0 + wide_at(ty, i), n0 + wide_at(tx, j)) over all k tiles of `tiles`.
+// A_KF / B_NF: la.k_fast() / lb.n_fast() as template constants, so that the load and store
+// offsets of the tile's elements fold into immediates (as run-time values they cost ~70
+// registers more).
 template <class E, bool A_KF, bool B_NF, class LA, class LB, class Tiles>
 __device__ __forceinline__ void wide_mainloop(const LA& la, const LB& lb, const Tiles& tiles,
                                               KPos kp, float (&acc)[8][8], WideTileA& As,
@@ -371,7 +372,7 @@ __device__ __forceinline__ void wide_mainloop(const LA& la, const LB& lb, const 
         const KPos nk = tiles.next(kp);
         const bool more = tiles.valid(nk);
         if (more) { W_LOAD(nk) }                 // in flight during the math below
-#pragma unroll 2                           // fully unrolled, sm_90 needs 151 registers
+#pragma unroll 2                 // fully unrolled: 151 registers on sm_90, one block per SM
         for (int kk = 0; kk < W_BK; ++kk) {
             const float4 a0 = *reinterpret_cast<const float4*>(&As[buf][kk][ty * 4]);
             const float4 a1 = *reinterpret_cast<const float4*>(&As[buf][kk][64 + ty * 4]);
