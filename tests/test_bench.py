@@ -46,3 +46,19 @@ def test_cpu_bench_writes_ratios(tmp_path):
     assert set(result["tok_s"]) == set(cpu_bench.VARIANTS)
     assert result["ratios"]["compact_vs_dense"] == round(
         result["tok_s"]["sdrop_compact"] / result["tok_s"]["sdrop_dense"], 3)
+
+
+def test_graph_buckets_counts_shapes_and_lru_misses(capsys):
+    import graph_buckets
+
+    assert graph_buckets.misses(list("abca"), 2) == 4      # a is evicted before it returns
+    assert graph_buckets.misses(list("abca"), 3) == 3
+    keys = graph_buckets.shapes([3, 9, 17, 4], [5, 7, 30, 2], batch=2, bucket_size=4, epochs=2)
+    assert sorted(set(keys)) == [(8, 8), (24, 32)]          # padded to 8, target + BOS/EOS
+    sample = Path(__file__).resolve().parents[1] / "data" / "iwslt14-sample"
+    assert graph_buckets.main([str(sample / "train.de"), str(sample / "train.en"),
+                               "--capacity", "2,1000"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    n = int(out[0].split(", ")[-1].split()[0])
+    assert out[2].split(": ")[1].startswith(f"{n} captures")   # a cache that holds all: one each
+    assert graph_buckets.main(["/no/such/file", "x"]) == 2

@@ -7,7 +7,8 @@ OpenNMT-py's loss stay eager (the loss reads values back with ``.item()``).
 
 * Buckets: the trainer pads every batch's source and target to a multiple of :data:`BUCKET`
   (padding is masked by the lengths and ignored by the loss), so a few graphs serve a corpus;
-  at most ``capacity`` stay cached (least recently used first out), all in one memory pool.
+  at most ``capacity`` stay cached (least recently used first out), all in one memory pool; one
+  info line per capture.
 * Masks: a graph cannot copy from the host. The first (warm-up) run of a bucket records every
   mask the sites ask for and allocates device buffers for them; later runs, the capture included,
   read those buffers; before each replay :meth:`StaticMasks.refill` draws new masks on the host
@@ -46,7 +47,11 @@ GRAPHS_VALIDATED = True
 AUTOCAST_GRAPHS_VALIDATED = False
 MULTI_GPU_GRAPHS_VALIDATED = False
 BUCKET = 8
-CAPACITY = 16
+# Buckets kept: a miss costs a capture (a warm-up step and two captures). bench/graph_buckets.py
+# estimates Multi30k at 15-16 buckets, and IWSLT'14's valid split alone at 31 (21 without
+# subwords), where a cache of 16 captured 74 times in 3 epochs against 31 with 32. A bucket keeps
+# only its graphs' static inputs and outputs; the rest of the pool is shared.
+CAPACITY = 64
 
 
 def padded(n: int) -> int:
@@ -202,6 +207,9 @@ class GraphedModel:
         self.cache[key] = entry = (fn, module, masks, static)
         while len(self.cache) > self.capacity:
             self.cache.popitem(last=False)
+        logger.info(f"sdrop: CUDA graphs captured for source {tuple(src.shape[:2])}, target "
+                    f"{tuple(tgt.shape[:2])}{' (autocast)' if amp else ''}; "
+                    f"{len(self.cache)} of {self.capacity} cached")
         return entry
 
     def __call__(self, src, tgt, src_len):
