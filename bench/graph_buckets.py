@@ -39,8 +39,9 @@ def shapes(src, tgt, *, batch, bucket_size, epochs, seed=0):
         epoch = []
         for i in range(0, len(ex), bucket_size):
             b = sorted(ex[i:i + bucket_size])
-            epoch += [(pad(max(s for s, _ in b[j:j + batch])), pad(max(t for _, t in b[j:j + batch])))
-                      for j in range(0, len(b), batch)]
+            for j in range(0, len(b), batch):
+                cut = b[j:j + batch]
+                epoch.append((pad(max(s for s, _ in cut)), pad(max(t for _, t in cut))))
         rng.shuffle(epoch)
         out += epoch
     return out
@@ -83,7 +84,8 @@ def main(argv=None) -> int:
           f"{len(set(keys))} shape buckets")
     for cap in (int(c) for c in args.capacity.split(",")):
         m = misses(keys, cap)
-        print(f"  cache of {cap}: {m} captures in {args.epochs} epochs ({m / len(keys):.1%} of steps)")
+        print(f"  cache of {cap}: {m} captures in {args.epochs} epochs "
+              f"({m / len(keys):.1%} of steps)")
     return 0
 
 

@@ -88,7 +88,8 @@ def _windows(mask: StepMask, device):
 # DW_KERNEL picks the weight-gradient form: "atomic" = the chosen family's grouped GEMM
 # accumulating with atomicAdd; "tiles" = its window_dw (atomic-free and deterministic: each
 # block owns a dW tile and loops over the groups whose window meets it).
-# Every choice but "wide" passed its GPU tests on an H200 (bench/results/logs/gpu-tests-2026-11-27.log);
+# Every choice but "wide" passed its GPU tests on an H200
+# (bench/results/logs/gpu-tests-2026-11-27.log);
 # CPU machines check them through tests/kernel_emulator.py and tests/cuda_host.cpp. The default,
 # "tensor" + "tiles", was the fastest capturable pair at every size and precision timed there
 # (bench/results/gpu-2026-11-27.json): the six GEMMs took 0.77x (default size, fp32) to 0.23x
