@@ -95,9 +95,9 @@ def train_step(model, optim, src, tgt, src_len, amp=False):
 
 
 def measure(variants, *, hidden, layers, batch, vocab, dropout, steps, warmup, rnd,
-            device="cpu", amp=False, log=print, eager_after_all=None):
+            device="cpu", amp=False, log=print, graphs_fell_back=None):
     """tgt tok/s of each variant (name -> extra options), same weights and batches, interleaved.
-    ``eager_after_all``: a set that gets the variants whose CUDA graphs fell back to eager."""
+    ``graphs_fell_back``: a set that gets the variants whose CUDA graphs fell back to eager."""
     common = model_args(hidden=hidden, layers=layers, dropout=dropout)
     models = {name: build_variant(common + extra, vocab, device)
               for name, extra in variants.items()}
@@ -130,9 +130,9 @@ def measure(variants, *, hidden, layers, batch, vocab, dropout, steps, warmup, r
         i += n
         log(f"step {done}/{steps}: " + ", ".join(f"{k} {tokens[k] / seconds[k]:.0f} tok/s"
                                                  for k in models))
-    if eager_after_all is not None:
-        eager_after_all.update(n for n, m in models.items() if "-sdrop_cuda_graphs" in variants[n]
-                               and m.__dict__.get("_sdrop_graphs") is None)
+    if graphs_fell_back is not None:
+        graphs_fell_back.update(n for n, m in models.items() if "-sdrop_cuda_graphs" in variants[n]
+                                and m.__dict__.get("_sdrop_graphs") is None)
     return {k: round(tokens[k] / seconds[k], 1) for k in models}
 
 

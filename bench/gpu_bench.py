@@ -159,14 +159,15 @@ def micro(cu, device, *, size, precision, hidden, batch, steps, vocab, p=0.3, re
         choices.append((torch_backend, "torch", "torch"))
     rows = []
     for ops, gemm_kernel, dw_kernel in choices:
+        switched = hasattr(ops, "GEMM_KERNEL")   # the CUDA backend (the torch backend: one form)
         saved = getattr(ops, "GEMM_KERNEL", None), getattr(ops, "DW_KERNEL", None)
-        if saved[0] is not None:
+        if switched:
             ops.GEMM_KERNEL, ops.DW_KERNEL = gemm_kernel, dw_kernel
         try:
             cases = gemm_cases(ops, *tensors)
             for gemm, compact in cases.items():
                 is_dw = gemm.endswith("_dw")
-                if not is_dw and saved[1] is not None and dw_kernel != saved[1]:
+                if not is_dw and switched and dw_kernel != saved[1]:
                     continue                    # forward / dX rows once per GEMM kernel
                 try:
                     runs = launched_by(ops, compact)
@@ -180,7 +181,7 @@ def micro(cu, device, *, size, precision, hidden, batch, steps, vocab, p=0.3, re
                 d_ms, how_d = dense[gemm]
                 rows.append({"gemm": gemm, "part": gemm.split("_")[1], "size": size,
                              "precision": precision, "p": p,
-                             "kernel": f"{gemm_kernel}+{dw_kernel}" if is_dw and saved[1]
+                             "kernel": f"{gemm_kernel}+{dw_kernel}" if is_dw and switched
                              else gemm_kernel,
                              "runs": runs, "dense_ms": round(d_ms, 4),
                              "compact_ms": round(c_ms, 4), "speedup": round(d_ms / c_ms, 3),
@@ -191,7 +192,7 @@ def micro(cu, device, *, size, precision, hidden, batch, steps, vocab, p=0.3, re
                                        "out": vocab if gemm.startswith("consumer") else hidden}})
                 print(rows[-1], flush=True)
         finally:
-            if saved[0] is not None:
+            if switched:
                 ops.GEMM_KERNEL, ops.DW_KERNEL = saved
     perm_ms, how = time_ms(lambda: cu.permute_weight(w_c, m, 1), device, reps)
     rows.append({"gemm": "permute_weight (generator, once per batch)", "part": "prep",
@@ -298,7 +299,7 @@ def main(argv=None):
             cfg = dict(base, steps=steps, **dims)
             amp = precision == "fp16"
             fell_back = set()
-            tok_s = cpu_bench.measure(variants, amp=amp, eager_after_all=fell_back, **cfg)
+            tok_s = cpu_bench.measure(variants, amp=amp, graphs_fell_back=fell_back, **cfg)
             prof = profile_steps(variants, amp=amp, **cfg) if device == "cuda" else {}
             for variant, value in tok_s.items():
                 gpu_ms, launches, peak, top = prof.get(variant, (None, None, None, None))

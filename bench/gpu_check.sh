@@ -19,16 +19,18 @@ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$OUT
 #    kernels' code on the CPU) ran on the CPU machines already and are left out here
 OTHERS="simt or tiled or tensor or cublas or wide"
 timeout "${TESTS_S:-100}" python3 -m pytest -q tests/test_cuda.py tests/test_ops.py \
-    tests/test_devices.py tests/test_graphs.py -k "not (test_cuda and (emulated or own_code or $OTHERS))" \
+    tests/test_devices.py tests/test_graphs.py \
+    -k "not (test_cuda and (emulated or own_code or $OTHERS))" \
     2>&1 | tee -a "$OUT/gpu-tests.log"
 # 2. every kernel choice (GEMM_KERNEL simt / tiled / tensor / cublas / wide, each with DW_KERNEL
-#    atomic and tiles), in a process of their own: a fault there cannot take step 1's results with it
-#    (both steps took 59 + 14 s on an H200)
+#    atomic and tiles), in a process of their own: a fault there cannot take step 1's results
+#    with it (both steps took 59 + 14 s on an H200)
 timeout "${KERNEL_TESTS_S:-80}" python3 -m pytest -q tests/test_cuda.py -k "gpu and ($OTHERS)" \
     2>&1 | tee -a "$OUT/gpu-tests.log"
 # 3. training with the default kernels (eager and graphed, fp32 and fp16, both sizes), then the
 #    micro rows of the default family, wide and cuBLAS, 10 calls per timing graph (simt and
-#    tiled were timed on 2026-11-27: bench/results/gpu-2026-11-27.json; all of them took 215 s there)
+#    tiled were timed on 2026-11-27: bench/results/gpu-2026-11-27.json; all of them took 215 s
+#    there)
 timeout "${BENCH_S:-240}" python3 bench/gpu_bench.py --out "$OUT" --steps 30 --micro-reps 10 \
     --micro-kernels tensor,wide,cublas 2>&1 \
     | tee "$OUT/gpu-bench.log"

@@ -73,8 +73,7 @@ def _with(args: tuple, opt: str, value: str) -> tuple:
 # GPU profiles load batches without DataLoader workers too. On an H200 (bench/trainer_profile.py,
 # bench/results/trainer-gpu-2026-11-27a.json) 2 workers made the launch-bound step slower, not
 # faster: sdrop 116 ms/step against 71 ms with none, stock 64 ms against 48 (b.json); likely
-# (not measured) their pin-memory thread competing with the trainer for the GIL. Without workers no fresh interpreter
-# has to import OpenNMT-py either (a spawned one needs the start-up hook, see bench/gpu_env.sh).
+# (not measured) their pin-memory thread competing with the trainer for the GIL.
 
 _FULL = ("-layers", "2", "-hidden_size", "500", "-word_vec_size", "500", "-batch_size", "64",
          "-global_attention", "general", "-input_feed", "1")
