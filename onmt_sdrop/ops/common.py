@@ -8,8 +8,11 @@ permutation are index copies that torch does well on every device, so both backe
 """
 from __future__ import annotations
 
+import weakref
+
 import torch
 from torch.autograd import Function
+from torch.utils.weak import WeakIdKeyDictionary
 
 from ..masks import StepMask
 
@@ -31,13 +34,48 @@ def scatter(xc: torch.Tensor, mask: StepMask) -> torch.Tensor:
     return xc.new_zeros(g, b, mask.size).scatter(2, idx, xc)
 
 
-def new_output(like: torch.Tensor, shape, mask: StepMask, width_is_count: bool) -> torch.Tensor:
-    """The output of a grouped GEMM: empty when every group writes its part whole (known from the
-    host-side windows), zeros when some part is left untouched (groups with no kept unit, or
-    compact columns past a group's count)."""
+def new_output(like: torch.Tensor, shape, mask: StepMask, width_is_count: bool,
+               order=(0, 1, 2)) -> torch.Tensor:
+    """The ``(G, B, N)`` output of a grouped GEMM: empty when every group writes its part whole
+    (known from the host-side windows), zeros when some part is left untouched (groups with no
+    kept unit, or compact columns past a group's count). ``order``: the axes in storage order,
+    outermost first (``(0, 2, 1)``: each group's block column-major; ``(1, 0, 2)``: batch-major
+    rows)."""
     covered = all(k for _, k in mask.windows)
     whole = covered and (not width_is_count or all(k == mask.kmax for _, k in mask.windows))
-    return (like.new_empty if whole else like.new_zeros)(shape)
+    strides = [0, 0, 0]
+    step = 1
+    for a in reversed(order):
+        strides[a], step = step, step * shape[a]
+    # a tensor with these strides, not a view of one: autograd lets callers write it in place
+    out = like.new_empty_strided(shape, strides)
+    return out if whole else out.zero_()
+
+
+# On a CPU a buffer over glibc's mmap threshold (32 MB: the generator's permuted weight and its
+# gradient) is mapped afresh at every allocation and page-faulted in on first touch, about 6 us
+# per 4 KB page on this project's KVM machine: some 50 ms per buffer and batch. So each weight
+# keeps its large CPU buffers, and a batch reuses them once the batch that last used them is gone
+# (its graph freed; a graph kept for another backward keeps its buffers from reuse).
+REUSE_BYTES = 16 << 20
+_kept = WeakIdKeyDictionary()   # weight -> {role: (buffer, weak reference to what was handed out)}
+
+
+def reusable_buffer(w: torch.Tensor, role: str, shape, dtype, view=None) -> torch.Tensor:
+    """``view(buffer)`` (default: the buffer) of an uninitialised contiguous buffer on ``w``'s
+    device: large CPU buffers are kept per ``w`` and ``role`` and handed out again once the
+    tensor last handed out for them is gone."""
+    shape = torch.Size(shape)
+    view = view or (lambda t: t)
+    if w.device.type != "cpu" or shape.numel() * dtype.itemsize < REUSE_BYTES:
+        return view(torch.empty(shape, dtype=dtype, device=w.device))
+    kept = _kept.setdefault(w, {})
+    buf, last = kept.get(role, (None, None))
+    if buf is None or buf.shape != shape or buf.dtype != dtype or last() is not None:
+        buf = torch.empty(shape, dtype=dtype)
+    out = view(buf)
+    kept[role] = (buf, weakref.ref(out))
+    return out
 
 
 class WindowedWeight:
@@ -58,8 +96,12 @@ class WindowedWeight:
         # so each group's slice, and its slice of the weight gradient, is one contiguous block,
         # which a CPU GEMM reads and writes much faster than a strided column range
         self.window_major = window_major and dim != 0
+        self.weight = w
         if self.window_major:
-            self.ext = w.detach().t().contiguous().index_select(0, self.index).t()
+            w_t = w.detach().t().contiguous()
+            self.ext = reusable_buffer(w, "ext", (len(self.index), w_t.shape[1]), w.dtype,
+                                       lambda buf: torch.index_select(w_t, 0, self.index,
+                                                                      out=buf).t())
         else:
             self.ext = w.detach().index_select(dim, self.index)
         self.pending = []
@@ -98,7 +140,13 @@ class WindowedWeight:
             by_fn.setdefault(fn, []).append((a, b, m))
         self.pending = []
         a0 = next(iter(by_fn.values()))[0][0]
-        grad = torch.zeros_like(self.ext, dtype=torch.promote_types(a0.dtype, torch.float32))
+        dtype = torch.promote_types(a0.dtype, torch.float32)
+        if self.window_major:   # the layout of ext
+            grad = reusable_buffer(self.weight, "grad", self.ext.shape[::-1], dtype,
+                                   lambda buf: buf.zero_().t())
+        else:
+            grad = reusable_buffer(self.weight, "grad", self.ext.shape, dtype,
+                                   lambda buf: buf.zero_().view(buf.shape))
         for fn, recs in by_fn.items():
             if len(recs) == 1:
                 a, b, m = recs[0]
@@ -117,13 +165,15 @@ class _Fold(Function):
 
     @staticmethod
     def forward(ctx, w, holder):
-        ctx.holder = holder
+        # weakly: the ops reading the weight hold it while the graph lives, and it must die with
+        # the graph (reusable_buffer waits for that), not wait in a cycle with its token
+        ctx.holder = weakref.ref(holder)
         ctx.shape, ctx.dtype = w.shape, w.dtype
         return w.new_zeros(())
 
     @staticmethod
     def backward(ctx, _):
-        return ctx.holder.weight_grad(ctx.shape, ctx.dtype), None
+        return ctx.holder().weight_grad(ctx.shape, ctx.dtype), None
 
 
 def permute_weight(w: torch.Tensor, mask: StepMask, dim: int) -> WindowedWeight:

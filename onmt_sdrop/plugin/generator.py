@@ -55,9 +55,14 @@ class SdropGenerator(nn.Linear):
             return F.linear(x, self.weight, self.bias)
         decoder.sdrop_link = None  # consumed: the compact tensors can go
         site, compact = link.site, link.compact                 # compact: (T, B, kmax)
-        logits = site.matmul(compact, None, site.prep(self.weight, 1))
+        logits = site.matmul(compact, None, site.prep(self.weight, 1))   # (T, B, V)
         # rows of x are (batch, step) in batch-major order
-        return _BatchMajor.apply(logits, self.bias)
+        if not logits.transpose(0, 1).is_contiguous():
+            return _BatchMajor.apply(logits, self.bias)
+        # the backend stored the logits batch-major (CPU): the bias in place, no copy
+        if self.bias is not None:
+            logits = logits.add_(self.bias)
+        return logits.transpose(0, 1).view(-1, logits.shape[-1])
 
 
 class _BatchMajor(Function):
