@@ -98,6 +98,35 @@ def test_compact_equals_dense_masked(name, p):
         torch.testing.assert_close(g_c[k], g_d[k], rtol=1e-9, atol=1e-9, msg=k)
 
 
+def test_compact_generator_in_column_tiles_equals_dense_masked(monkeypatch):
+    """With the generator's vocabulary in column tiles (as on a CPU at real sizes), its logits
+    stored batch-major and the bias added in place: the same outputs and gradients as the dense
+    masked path."""
+    from onmt_sdrop.ops import torch_backend
+
+    monkeypatch.setattr(torch_backend, "OUT_TILE", 3)
+    tiled = []
+    real = torch_backend._column_tiles
+    monkeypatch.setattr(torch_backend, "_column_tiles",
+                        lambda *a: tiled.append(len(real(*a)) > 1) or real(*a))
+    args = SMALL + COMPACT_CASES["brnn+ifrnn"] + ["-dropout", "0.3"]
+    dense, _ = build(*args, "-sdrop_backend", "dense")
+    compact, _ = build(*args, "-sdrop_backend", "torch")
+    copy_weights(compact, dense)
+    results = []
+    for m in (dense, compact):
+        m.train()
+        torch.manual_seed(5)
+        loss, out = loss_of(m, *batch())
+        loss.backward()
+        results.append((loss, grads(m)))
+    (l_d, g_d), (l_c, g_c) = results
+    assert any(tiled)
+    torch.testing.assert_close(l_c, l_d, rtol=1e-10, atol=1e-10)
+    for k in g_d:
+        torch.testing.assert_close(g_c[k], g_d[k], rtol=1e-9, atol=1e-9, msg=k)
+
+
 def test_generator_reads_compact_decoder_output():
     """In training the generator consumes the compact decoder output (and only that)."""
     model, _ = build(*SMALL, "-encoder_type", "sdrop_brnn", "-decoder_type", "sdrop_rnn",

@@ -45,17 +45,82 @@ def test_consumer_matches_reference(ops, size, out, batch):
         assert torch.autograd.gradcheck(f, (x, w))
 
 
-def test_wide_consumer_output_in_column_tiles_matches_reference(monkeypatch):
-    """The torch backend's column-tiled forward (a wide output, many windows) is exact."""
+def test_wide_consumer_in_column_tiles_matches_reference(monkeypatch):
+    """The torch backend's column-tiled consumer (a wide output, many windows: the generator on a
+    CPU) is exact in forward, dX and dW, for one-step and shared windows and ragged counts; its
+    output is stored batch-major (the loss's row order)."""
     monkeypatch.setattr(torch_backend, "OUT_TILE", 4)
     torch.manual_seed(1)
     for m in (sample_step_mask(6, 13, 0.3), sample_step_mask(6, 13, 0.3, distinct=2),
+              sample_step_mask(9, 13, 0.3, distinct=4),
               sample_step_mask(6, 13, 0.5, count="bernoulli")):
-        x = torch.randn(m.groups, 3, 13, dtype=torch.float64)
-        w = torch.randn(18, 13, dtype=torch.float64)   # 18 columns: 4 tiles and a part tile
+        x = torch.randn(m.groups, 3, 13, dtype=torch.float64, requires_grad=True)
+        w = torch.randn(18, 13, dtype=torch.float64, requires_grad=True)   # 4 tiles and a part
         y = torch_backend.compact_matmul(torch_backend.gather(x, m),
                                          torch_backend.permute_weight(w, m, 1), m)
-        torch.testing.assert_close(y, reference.consumer(x, w, m), rtol=1e-12, atol=1e-12)
+        assert y.transpose(0, 1).is_contiguous() == (len(m.window_groups()) >= 4)   # tiled
+        want = reference.consumer(x, w, m)
+        torch.testing.assert_close(y, want, rtol=1e-12, atol=1e-12)
+        dy = torch.randn_like(y)
+        got = torch.autograd.grad(y, (x, w), dy)
+        for g, r in zip(got, torch.autograd.grad(want, (x, w), dy)):
+            torch.testing.assert_close(g, r, rtol=1e-12, atol=1e-12)
+
+
+def test_cpu_short_gemms_write_column_major_blocks():
+    """On a CPU, per-step GEMMs (several windows) read and write each step's (B, N) block
+    column-major, which MKL's short GEMMs do fastest; one window (one tall GEMM) stays row-major.
+    The values are those of the reference either way."""
+    torch.manual_seed(2)
+    for m, blocks in ((sample_step_mask(4, 12, 0.3), True),
+                      (sample_step_mask(4, 12, 0.3, fixed=True), False)):
+        x = torch.randn(4, 3, 12, dtype=torch.float64, requires_grad=True)
+        w = torch.randn(7, 12, dtype=torch.float64, requires_grad=True)
+        xc = torch_backend.gather(x, m)
+        y = torch_backend.compact_matmul(xc, torch_backend.permute_weight(w, m, 1), m)
+        for t in (xc, y):
+            assert t.transpose(1, 2).is_contiguous() == blocks
+            assert t.is_contiguous() != blocks
+        want = reference.consumer(x, w, m)
+        torch.testing.assert_close(y, want, rtol=1e-12, atol=1e-12)
+        dy = torch.randn_like(y)
+        for g, r in zip(torch.autograd.grad(y, (x, w), dy), torch.autograd.grad(want, (x, w), dy)):
+            torch.testing.assert_close(g, r, rtol=1e-12, atol=1e-12)
+
+
+def test_large_cpu_buffers_are_reused_only_once_their_batch_is_gone(monkeypatch):
+    """A weight's permuted copy and its gradient buffer (large ones, on a CPU) are handed to the
+    next batch once the previous batch's graph is gone, never while it lives; gradients stay
+    exact across batches."""
+    from onmt_sdrop.ops import common
+
+    monkeypatch.setattr(common, "REUSE_BYTES", 1)
+    torch.manual_seed(3)
+    w = torch.randn(7, 12, dtype=torch.float64, requires_grad=True)
+
+    def batch_loss():
+        m = sample_step_mask(4, 12, 0.3)
+        x = torch.randn(4, 3, 12, dtype=torch.float64)
+        ww = torch_backend.permute_weight(w, m, 1)
+        y = torch_backend.compact_matmul(torch_backend.gather(x, m), ww, m)
+        return ww.ext, y.square().sum(), reference.consumer(x, w, m).square().sum()
+
+    ext1, loss1, want1 = batch_loss()
+    ptr1, kept1 = ext1.data_ptr(), ext1.clone()
+    ext2, loss2, want2 = batch_loss()               # batch 1 still alive: a buffer of its own
+    ptr2 = ext2.data_ptr()
+    assert ptr2 != ptr1
+    torch.testing.assert_close(ext1, kept1, rtol=0, atol=0)
+    for loss, want in ((loss1, want1), (loss2, want2)):
+        g, = torch.autograd.grad(loss, w)
+        torch.testing.assert_close(g, torch.autograd.grad(want, w)[0], rtol=1e-12, atol=1e-12)
+    del ext1, loss1, ext2, loss2, loss
+    for _ in range(2):                              # the last batch gone: its buffers again
+        ext, loss, want = batch_loss()
+        assert ext.data_ptr() == ptr2
+        g, = torch.autograd.grad(loss, w)
+        torch.testing.assert_close(g, torch.autograd.grad(want, w)[0], rtol=1e-12, atol=1e-12)
+        del ext, loss
 
 
 @pytest.mark.parametrize("ops", BACKENDS)

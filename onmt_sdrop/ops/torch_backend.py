@@ -15,7 +15,8 @@ from torch.autograd import Function
 
 from ..masks import StepMask
 from .amp import autocast_op
-from .common import (WindowedWeight, consumer, gather, new_output, producer, scatter)
+from . import common
+from .common import (WindowedWeight, consumer, new_output, producer, scatter)
 from .common import permute_weight_window_major as permute_weight
 
 
@@ -92,6 +93,17 @@ def _column_tiles(t: torch.Tensor, n: int, mask: StepMask):
 def _block_order(t: torch.Tensor, mask: StepMask):
     """Column-major output blocks on a CPU, for per-group GEMMs (more than one window)."""
     return COLUMNS_MAJOR if t.device.type == "cpu" and len(mask.window_groups()) > 1 else ROWS
+
+
+def gather(x: torch.Tensor, mask: StepMask) -> torch.Tensor:
+    """:func:`common.gather`, each group's compact block column-major where the GEMMs' outputs
+    are (the left operand that MKL's short GEMMs read fastest)."""
+    if _block_order(x, mask) == ROWS:
+        return common.gather(x, mask)
+    g, b, _ = x.shape
+    idx = mask.window_index()[:, :, None].expand(g, mask.kmax, b)
+    scale = mask.column_weight(x.dtype)[:, :, None]
+    return (torch.gather(x.transpose(1, 2), 1, idx) * scale).transpose(1, 2)
 
 
 def consumer_fwd(xc, w, mask: StepMask):
