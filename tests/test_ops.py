@@ -88,6 +88,23 @@ def test_cpu_short_gemms_write_column_major_blocks():
             torch.testing.assert_close(g, r, rtol=1e-12, atol=1e-12)
 
 
+def test_reusable_buffer_is_reused_once_what_it_handed_out_is_gone(monkeypatch):
+    """Also when the caller's view is the buffer itself (the default): an alias is handed out,
+    so that its death, not the kept buffer's, frees the buffer."""
+    from onmt_sdrop.ops import common
+
+    monkeypatch.setattr(common, "REUSE_BYTES", 1)
+    w = torch.zeros(3)
+    for view in (None, torch.Tensor.zero_):
+        first = common.reusable_buffer(w, "t", (4, 5), torch.float32, view)
+        ptr = first.data_ptr()
+        del first
+        again = common.reusable_buffer(w, "t", (4, 5), torch.float32, view)
+        assert again.data_ptr() == ptr
+        assert common.reusable_buffer(w, "t", (4, 5), torch.float32, view).data_ptr() != ptr
+        del again
+
+
 def test_large_cpu_buffers_are_reused_only_once_their_batch_is_gone(monkeypatch):
     """A weight's permuted copy and its gradient buffer (large ones, on a CPU) are handed to the
     next batch once the previous batch's graph is gone, never while it lives; gradients stay

@@ -19,11 +19,17 @@ from ..masks import StepMask
 
 # ---------------------------------------------------------------- gather / scatter (cheap copies)
 
-def gather(x: torch.Tensor, mask: StepMask) -> torch.Tensor:
-    """Dense ``(G, B, H)`` -> compact ``(G, B, kmax)``, scaled: the dropped value, kept columns only."""
+def gather(x: torch.Tensor, mask: StepMask, columns_major: bool = False) -> torch.Tensor:
+    """Dense ``(G, B, H)`` -> compact ``(G, B, kmax)``, scaled: the dropped value, kept columns only.
+    ``columns_major``: each group's ``(B, kmax)`` block stored column by column."""
     g, b, _ = x.shape
     idx = mask.window_index()[:, None, :].expand(g, b, mask.kmax)
-    return torch.gather(x, 2, idx) * mask.column_weight(x.dtype)[:, None, :]
+    weight = mask.column_weight(x.dtype)[:, None, :]
+    if not columns_major:
+        return torch.gather(x, 2, idx) * weight
+    # the same gather along the units of x^T, whose result is (G, kmax, B) in memory
+    return (torch.gather(x.transpose(1, 2), 1, idx.transpose(1, 2))
+            * weight.transpose(1, 2)).transpose(1, 2)
 
 
 def scatter(xc: torch.Tensor, mask: StepMask) -> torch.Tensor:
@@ -74,6 +80,8 @@ def reusable_buffer(w: torch.Tensor, role: str, shape, dtype, view=None) -> torc
     if buf is None or buf.shape != shape or buf.dtype != dtype or last() is not None:
         buf = torch.empty(shape, dtype=dtype)
     out = view(buf)
+    if out is buf:   # hand out an alias: the kept buffer itself would never be seen gone
+        out = buf.view(shape)
     kept[role] = (buf, weakref.ref(out))
     return out
 
@@ -145,8 +153,7 @@ class WindowedWeight:
             grad = reusable_buffer(self.weight, "grad", self.ext.shape[::-1], dtype,
                                    lambda buf: buf.zero_().t())
         else:
-            grad = reusable_buffer(self.weight, "grad", self.ext.shape, dtype,
-                                   lambda buf: buf.zero_().view(buf.shape))
+            grad = reusable_buffer(self.weight, "grad", self.ext.shape, dtype, torch.Tensor.zero_)
         for fn, recs in by_fn.items():
             if len(recs) == 1:
                 a, b, m = recs[0]

@@ -98,12 +98,7 @@ def _block_order(t: torch.Tensor, mask: StepMask):
 def gather(x: torch.Tensor, mask: StepMask) -> torch.Tensor:
     """:func:`common.gather`, each group's compact block column-major where the GEMMs' outputs
     are (the left operand that MKL's short GEMMs read fastest)."""
-    if _block_order(x, mask) == ROWS:
-        return common.gather(x, mask)
-    g, b, _ = x.shape
-    idx = mask.window_index()[:, :, None].expand(g, mask.kmax, b)
-    scale = mask.column_weight(x.dtype)[:, :, None]
-    return (torch.gather(x.transpose(1, 2), 1, idx) * scale).transpose(1, 2)
+    return common.gather(x, mask, columns_major=_block_order(x, mask) == COLUMNS_MAJOR)
 
 
 def consumer_fwd(xc, w, mask: StepMask):
