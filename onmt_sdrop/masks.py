@@ -138,6 +138,13 @@ class StepMask:
         """``perm`` followed by its first ``kmax`` entries: every window is a contiguous slice."""
         return self._cached(("ext",), lambda: torch.cat([self.perm, self.perm[: self.kmax]]))
 
+    def inverse_perm(self) -> torch.Tensor:
+        """``inverse[u]`` = the position of unit ``u`` in ``perm``."""
+        def make():
+            inverse = torch.empty_like(self.perm)
+            return inverse.scatter_(0, self.perm, torch.arange(self.size, device=self.device))
+        return self._cached(("inverse",), make)
+
     def window_index(self) -> torch.Tensor:
         """(G, kmax) unit index of each compact column; columns past ``counts[g]`` are dropped units."""
         def make():

@@ -127,6 +127,45 @@ def test_compact_generator_in_column_tiles_equals_dense_masked(monkeypatch):
         torch.testing.assert_close(g_c[k], g_d[k], rtol=1e-9, atol=1e-9, msg=k)
 
 
+@pytest.mark.parametrize("backend", ["dense", "torch"])
+def test_large_logits_live_in_a_kept_buffer(monkeypatch, backend):
+    """In CPU training the logits (large ones: forced here) are written into a kept buffer, in
+    the dense mode as in the compacted one, handed out again only once the last batch's logits
+    are gone; loss and gradients are those of a fresh tensor."""
+    from onmt_sdrop.ops import common, torch_backend
+
+    monkeypatch.setattr(torch_backend, "OUT_TILE", 3)   # batch-major logits, as at real sizes
+    args = SMALL + COMPACT_CASES["brnn+ifrnn"] + ["-dropout", "0.3", "-sdrop_backend", backend]
+    model, _ = build(*args)
+    model.train()
+    data = batch()
+
+    def step():
+        model.zero_grad()
+        torch.manual_seed(5)
+        out, _ = model(*data)
+        logits = model.generator(out.reshape(-1, out.shape[-1]))
+        loss = (logits * torch.linspace(-1, 1, logits.numel(), dtype=logits.dtype)
+                .view_as(logits)).sum()
+        loss.backward()
+        return logits.detach(), grads(model)
+
+    want, want_grads = step()                       # a fresh tensor (small: not kept)
+    monkeypatch.setattr(common, "REUSE_BYTES", 1)
+    first, first_grads = step()
+    second, _ = step()                              # the first still alive: another buffer
+    assert second.data_ptr() != first.data_ptr()
+    ptr = second.data_ptr()
+    del first, second
+    third, third_grads = step()                     # both gone: the kept buffer again
+    assert third.data_ptr() == ptr
+    for got, got_grads in ((third, third_grads), (want, first_grads)):
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+        for k in want_grads:
+            torch.testing.assert_close(got_grads[k], want_grads[k], rtol=1e-10, atol=1e-10,
+                                       msg=k)
+
+
 def test_generator_reads_compact_decoder_output():
     """In training the generator consumes the compact decoder output (and only that)."""
     model, _ = build(*SMALL, "-encoder_type", "sdrop_brnn", "-decoder_type", "sdrop_rnn",

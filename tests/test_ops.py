@@ -67,10 +67,11 @@ def test_wide_consumer_in_column_tiles_matches_reference(monkeypatch):
             torch.testing.assert_close(g, r, rtol=1e-12, atol=1e-12)
 
 
-def test_cpu_short_gemms_write_column_major_blocks():
-    """On a CPU, per-step GEMMs (several windows) read and write each step's (B, N) block
-    column-major, which MKL's short GEMMs do fastest; one window (one tall GEMM) stays row-major.
-    The values are those of the reference either way."""
+def test_cpu_short_gemms_read_column_major_blocks():
+    """On a CPU, per-step GEMMs (several windows) read each step's compact (B, k) block
+    column-major, which MKL's short GEMMs do fastest, and write the forward's output row-major
+    (what the LSTM code reads next); one window (one tall GEMM) stays row-major. The values are
+    those of the reference either way."""
     torch.manual_seed(2)
     for m, blocks in ((sample_step_mask(4, 12, 0.3), True),
                       (sample_step_mask(4, 12, 0.3, fixed=True), False)):
@@ -78,14 +79,79 @@ def test_cpu_short_gemms_write_column_major_blocks():
         w = torch.randn(7, 12, dtype=torch.float64, requires_grad=True)
         xc = torch_backend.gather(x, m)
         y = torch_backend.compact_matmul(xc, torch_backend.permute_weight(w, m, 1), m)
-        for t in (xc, y):
-            assert t.transpose(1, 2).is_contiguous() == blocks
-            assert t.is_contiguous() != blocks
+        assert xc.transpose(1, 2).is_contiguous() == blocks
+        assert xc.is_contiguous() != blocks
+        assert y.is_contiguous()
         want = reference.consumer(x, w, m)
         torch.testing.assert_close(y, want, rtol=1e-12, atol=1e-12)
         dy = torch.randn_like(y)
         for g, r in zip(torch.autograd.grad(y, (x, w), dy), torch.autograd.grad(want, (x, w), dy)):
             torch.testing.assert_close(g, r, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("tile", [None, 4])
+def test_cpu_groups_run_side_by_side_on_threads(monkeypatch, tile):
+    """With several CPU threads, the groups of a grouped GEMM (forward, dX) and the column ranges
+    of its weight gradient run side by side, one thread each with torch single-threaded: exact
+    in all six GEMMs (tiled and untiled), and torch's thread count is restored."""
+    import threading
+    monkeypatch.setattr(torch_backend, "SIDE_BY_SIDE_MACS", 0)
+    if tile:
+        monkeypatch.setattr(torch_backend, "OUT_TILE", tile)
+    seen = set()
+    mm_into = torch_backend._mm_into
+
+    def spy(*args, **kwargs):
+        seen.add((threading.get_ident(), torch.get_num_threads()))
+        return mm_into(*args, **kwargs)
+
+    monkeypatch.setattr(torch_backend, "_mm_into", spy)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        torch.manual_seed(4)
+        for m in (sample_step_mask(7, 13, 0.3), sample_step_mask(7, 13, 0.3, distinct=3),
+                  sample_step_mask(6, 13, 0.5, count="bernoulli")):
+            x = torch.randn(m.groups, 3, 13, dtype=torch.float64, requires_grad=True)
+            w = torch.randn(18, 13, dtype=torch.float64, requires_grad=True)
+            y = torch_backend.compact_matmul(torch_backend.gather(x, m),
+                                             torch_backend.permute_weight(w, m, 1), m)
+            want = reference.consumer(x, w, m)
+            torch.testing.assert_close(y, want, rtol=1e-12, atol=1e-12)
+            dy = torch.randn_like(y)
+            for g, r in zip(torch.autograd.grad(y, (x, w), dy),
+                            torch.autograd.grad(want, (x, w), dy)):
+                torch.testing.assert_close(g, r, rtol=1e-12, atol=1e-12)
+            x = torch.randn(m.groups, 3, 9, dtype=torch.float64, requires_grad=True)
+            w = torch.randn(13, 9, dtype=torch.float64, requires_grad=True)
+            b = torch.randn(13, dtype=torch.float64, requires_grad=True)
+            y = CompactDrop(m, torch_backend).produce(
+                x, None, torch_backend.permute_weight(w, m, 0), b, torch.tanh)
+            want = reference.producer(x, w, b, torch.tanh, m)
+            torch.testing.assert_close(torch_backend.scatter(y, m), want, rtol=1e-12, atol=1e-12)
+            dy = torch.randn_like(want)
+            got = torch.autograd.grad(torch_backend.scatter(y, m), (x, w, b), dy)
+            for g, r in zip(got, torch.autograd.grad(want, (x, w, b), dy)):
+                torch.testing.assert_close(g, r, rtol=1e-12, atol=1e-12)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(threads)
+    assert len({ident for ident, _ in seen}) == 2          # two threads did GEMMs
+    assert {n for _, n in seen} == {1}                      # each single-threaded
+
+
+def test_side_by_side_restores_threads_when_a_share_fails():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        def work(share):
+            if share == [1]:
+                raise RuntimeError("boom")
+        with pytest.raises(RuntimeError, match="boom"):
+            torch_backend._run_side_by_side(work, [[0], [1]])
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(threads)
 
 
 def test_reusable_buffer_is_reused_once_what_it_handed_out_is_gone(monkeypatch):

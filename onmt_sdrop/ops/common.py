@@ -53,37 +53,71 @@ def new_output(like: torch.Tensor, shape, mask: StepMask, width_is_count: bool,
     step = 1
     for a in reversed(order):
         strides[a], step = step, step * shape[a]
-    # a tensor with these strides, not a view of one: autograd lets callers write it in place
-    out = like.new_empty_strided(shape, strides)
+    out = output_buffer(like, shape, strides)
     return out if whole else out.zero_()
 
 
-# On a CPU a buffer over glibc's mmap threshold (32 MB: the generator's permuted weight and its
-# gradient) is mapped afresh at every allocation and page-faulted in on first touch, about 6 us
-# per 4 KB page on this project's KVM machine: some 50 ms per buffer and batch. So each weight
-# keeps its large CPU buffers, and a batch reuses them once the batch that last used them is gone
-# (its graph freed; a graph kept for another backward keeps its buffers from reuse).
+# On a CPU a buffer over glibc's mmap threshold (32 MB: the generator's permuted weight, its
+# gradient, the logits) is mapped afresh at every allocation and page-faulted in on first touch,
+# about 6 us per 4 KB page on this project's KVM machine: some 50 ms per buffer and batch. So
+# large CPU buffers are kept (per weight, or one for the logits) and handed out again once nothing
+# uses their memory any more: no tensor, view or detached alias of what was handed out (a graph
+# kept for another backward keeps its buffers from reuse).
 REUSE_BYTES = 16 << 20
-_kept = WeakIdKeyDictionary()   # weight -> {role: (buffer, weak reference to what was handed out)}
+_kept = WeakIdKeyDictionary()   # owner -> {role: (buffer, its storage's use count when idle)}
+
+
+def _storage_users(t: torch.Tensor) -> int:
+    return torch._C._storage_Use_Count(t.untyped_storage()._cdata)
+
+
+def _kept_buffer(owner, role, fits, make) -> torch.Tensor:
+    """The buffer kept for ``owner`` and ``role`` if ``fits(buffer)`` and nothing else uses its
+    memory, else a new one from ``make()`` (kept from now on)."""
+    kept = _kept.setdefault(owner, {})
+    buf, idle = kept.get(role, (None, None))
+    if buf is None or not fits(buf) or _storage_users(buf) != idle:
+        buf = make()
+        kept[role] = (buf, _storage_users(buf))
+    return buf
 
 
 def reusable_buffer(w: torch.Tensor, role: str, shape, dtype, view=None) -> torch.Tensor:
     """``view(buffer)`` (default: the buffer) of an uninitialised contiguous buffer on ``w``'s
-    device: large CPU buffers are kept per ``w`` and ``role`` and handed out again once the
-    tensor last handed out for them is gone."""
+    device: large CPU buffers are kept per ``w`` and ``role`` and handed out again once nothing
+    handed out from them is alive."""
     shape = torch.Size(shape)
     view = view or (lambda t: t)
     if w.device.type != "cpu" or shape.numel() * dtype.itemsize < REUSE_BYTES:
         return view(torch.empty(shape, dtype=dtype, device=w.device))
-    kept = _kept.setdefault(w, {})
-    buf, last = kept.get(role, (None, None))
-    if buf is None or buf.shape != shape or buf.dtype != dtype or last() is not None:
-        buf = torch.empty(shape, dtype=dtype)
+    buf = _kept_buffer(w, role, lambda b: b.shape == shape and b.dtype == dtype,
+                       lambda: torch.empty(shape, dtype=dtype))
     out = view(buf)
-    if out is buf:   # hand out an alias: the kept buffer itself would never be seen gone
-        out = buf.view(shape)
-    kept[role] = (buf, weakref.ref(out))
-    return out
+    return buf.view(shape) if out is buf else out   # never the kept tensor itself
+
+
+class _Key:
+    """A weakly referable key of :data:`_kept` for buffers that belong to no weight."""
+
+
+_OUTPUTS = _Key()
+
+
+def output_buffer(like: torch.Tensor, shape, strides) -> torch.Tensor:
+    """An uninitialised tensor of ``shape`` and ``strides`` on ``like``'s device and dtype, and
+    not a view: autograd lets the callers of a Function write its outputs in place only if they
+    are not views. A large CPU one (the logits, 70-100 MB) lives in a kept buffer: fresh, its
+    pages were faulted in again at every batch, which the compacted generator, writing it a tile
+    at a time, paid up to 160 ms per training step for on this project's CPU machine. Its length
+    changes with every batch, so the buffer grows (with a quarter to spare) to the longest seen."""
+    shape = torch.Size(shape)
+    numel = shape.numel()
+    if like.device.type != "cpu" or numel * like.dtype.itemsize < REUSE_BYTES:
+        return like.new_empty_strided(shape, strides)
+    # one buffer per width and dtype: outputs of different sites do not take each other's
+    buf = _kept_buffer(_OUTPUTS, (shape[-1], like.dtype), lambda b: b.numel() >= numel,
+                       lambda: torch.empty(numel + numel // 4, dtype=like.dtype))
+    return like.new_empty(0).set_(buf.untyped_storage(), 0, shape, strides)
 
 
 class WindowedWeight:
@@ -106,10 +140,12 @@ class WindowedWeight:
         self.window_major = window_major and dim != 0
         self.weight = w
         if self.window_major:
-            w_t = w.detach().t().contiguous()
+            w_t = reusable_buffer(w, "t", w.shape[::-1], w.dtype,
+                                  lambda buf: buf.copy_(w.detach().t()))
             self.ext = reusable_buffer(w, "ext", (len(self.index), w_t.shape[1]), w.dtype,
                                        lambda buf: torch.index_select(w_t, 0, self.index,
                                                                       out=buf).t())
+            self.inverse = mask.inverse_perm().to(w.device)
         else:
             self.ext = w.detach().index_select(dim, self.index)
         self.pending = []
@@ -133,9 +169,17 @@ class WindowedWeight:
         grad = self.folded_grad()
         if grad is None:
             return None
-        if self.window_major:   # add rows, then one transposed copy (autograd's, into .grad)
-            dw_t = torch.zeros(shape[::-1], dtype=dtype, device=grad.device)
-            return dw_t.index_add_(0, self.index, grad.t().to(dtype)).t()
+        if self.window_major:
+            # rows of ext: the units perm ++ perm[:kmax]; add the repeated rows onto their first
+            # copies (the buffer is ours), then read the units back in order: no zeroed buffer and
+            # no scattered adds; autograd's one transposed copy puts it into .grad
+            by_row = grad.t()
+            units = len(self.inverse)
+            by_row[: len(self.index) - units] += by_row[units:]
+            dw_t = reusable_buffer(self.weight, "grad_t", shape[::-1], by_row.dtype,
+                                   lambda buf: torch.index_select(by_row[:units], 0, self.inverse,
+                                                                  out=buf))
+            return dw_t.t().to(dtype)
         dw = torch.zeros(shape, dtype=dtype, device=grad.device)
         return dw.index_add_(self.dim, self.index, grad.to(dtype))
 

@@ -8,6 +8,7 @@ slice, so the per-group GEMMs read views and copy nothing.
 """
 from __future__ import annotations
 
+import concurrent.futures
 import sys
 
 import torch
@@ -95,6 +96,70 @@ def _block_order(t: torch.Tensor, mask: StepMask):
     return COLUMNS_MAJOR if t.device.type == "cpu" and len(mask.window_groups()) > 1 else ROWS
 
 
+# * Side by side: with several CPU threads, MKL splits one step's short GEMM between them at a
+#   loss (64 rows: 1.4x on 2 threads); whole GEMMs on each thread, single-threaded, run about
+#   1.25x faster (README "Benchmarks"). So the groups of a call (forward, dX: their outputs are
+#   disjoint) or the column ranges of a weight gradient (the groups' windows overlap) are dealt
+#   to the threads, and torch's thread count is 1 while they run.
+_pool = None
+
+
+SIDE_BY_SIDE_MACS = 1 << 24   # below this a call's GEMMs are too short to pay for the threads
+
+
+def _side_by_side(t: torch.Tensor, items: list, macs: int) -> list:
+    """``items`` dealt round-robin into one share per CPU thread, for a call of ``macs``
+    multiply-adds; one share on other devices, with one thread, or for a small call."""
+    n = 1
+    if t.device.type == "cpu" and macs >= SIDE_BY_SIDE_MACS:
+        n = max(1, min(torch.get_num_threads(), len(items)))
+    return [items[i::n] for i in range(n)]
+
+
+def _run_side_by_side(work, shares: list) -> None:
+    """``work(share)`` for every share, each on its own thread (the first on this one), with
+    torch (and MKL) single-threaded meanwhile."""
+    global _pool
+    if len(shares) == 1:
+        work(shares[0])
+        return
+    if _pool is None or _pool._max_workers < len(shares) - 1:
+        _pool = concurrent.futures.ThreadPoolExecutor(len(shares) - 1,
+                                                      thread_name_prefix="sdrop-gemm")
+
+    def in_worker(share):
+        with torch.no_grad():   # the worker's own grad mode; out= GEMMs must not record
+            work(share)
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        futures = [_pool.submit(in_worker, share) for share in shares[1:]]
+        try:
+            in_worker(shares[0])
+        finally:
+            for f in futures:
+                f.result()
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _macs(t: torch.Tensor, mask: StepMask, n: int) -> int:
+    """Multiply-adds of one grouped GEMM: rows of ``t`` times kept units times ``n``."""
+    return t.shape[0] * t.shape[1] * mask.kmax * n
+
+
+def _column_shares(t: torch.Tensor, n: int, mask: StepMask):
+    """Column slices of a weight gradient's full-size side ``n``, dealt to the threads: its tiles,
+    or, untiled, as many equal ranges as threads."""
+    tiles = _column_tiles(t, n, mask)
+    macs = _macs(t, mask, n)
+    if len(tiles) == 1 and len(mask.window_groups()) > 1:
+        parts = len(_side_by_side(t, list(range(torch.get_num_threads())), macs))
+        tiles = [slice(n * i // parts, n * (i + 1) // parts) for i in range(parts)]
+    return _side_by_side(t, tiles, macs)
+
+
 def gather(x: torch.Tensor, mask: StepMask) -> torch.Tensor:
     """:func:`common.gather`, each group's compact block column-major where the GEMMs' outputs
     are (the left operand that MKL's short GEMMs read fastest)."""
@@ -107,12 +172,14 @@ def consumer_fwd(xc, w, mask: StepMask):
     n = w.shape[0]
     groups = [(o, k, gs, _rows(xc, gs, k)) for o, k, gs in mask.window_groups()]
     tiles = _column_tiles(xc, n, mask)
-    y = new_output(xc, (g, b, n), mask, False,
-                   BATCH_MAJOR if len(tiles) > 1 else _block_order(xc, mask))
-    for cols in tiles:
-        y_tile, w_tile = y[..., cols], w[cols]
-        for o, k, gs, x_rows in groups:
-            _mm_into(y_tile, gs, y_tile.shape[-1], x_rows, w_tile[:, o:o + k].t())
+    y = new_output(xc, (g, b, n), mask, False, BATCH_MAJOR if len(tiles) > 1 else ROWS)
+
+    def work(share):
+        for cols in tiles:
+            y_tile, w_tile = y[..., cols], w[cols]
+            for o, k, gs, x_rows in share:
+                _mm_into(y_tile, gs, y_tile.shape[-1], x_rows, w_tile[:, o:o + k].t())
+    _run_side_by_side(work, _side_by_side(xc, groups, _macs(xc, mask, n)))
     return y
 
 
@@ -120,31 +187,40 @@ def consumer_dx(dy, w, mask: StepMask):
     """``dXc[g][:, :k] = dY[g] @ W[:, o:o+k]``: (G, B, N) -> (G, B, kmax), zero past k. Tiled,
     the sum over N runs tile by tile, accumulated in place."""
     g, b, n = dy.shape
-    groups = mask.window_groups()
     tiles = _column_tiles(dy, n, mask)
     dxc = new_output(dy, (g, b, mask.kmax), mask, True, _block_order(dy, mask))
-    for i, cols in enumerate(tiles):
-        w_tile = w[cols]
-        for o, k, gs in groups:
-            _mm_into(dxc, gs, k, _rows(dy[..., cols], gs), w_tile[:, o:o + k], accumulate=i > 0)
+
+    def work(share):
+        for i, cols in enumerate(tiles):
+            w_tile = w[cols]
+            for o, k, gs in share:
+                _mm_into(dxc, gs, k, _rows(dy[..., cols], gs), w_tile[:, o:o + k],
+                         accumulate=i > 0)
+    _run_side_by_side(work, _side_by_side(dy, mask.window_groups(), _macs(dy, mask, n)))
     return dxc
 
 
 def consumer_dw(dy, xc, mask: StepMask, dw) -> None:
     """``dW[:, o:o+k] += dY[g]^T @ Xc[g][:, :k]``, in place, tile by tile of N."""
     groups = [(o, k, gs, _rows(xc, gs, k)) for o, k, gs in mask.window_groups()]
-    for cols in _column_tiles(dy, dy.shape[-1], mask):
-        dw_tile = dw[cols]
-        for o, k, gs, x_rows in groups:
-            _accumulate(dw_tile[:, o:o + k], _rows(dy[..., cols], gs).t(), x_rows)
+
+    def work(share):
+        for cols in share:
+            dw_tile = dw[cols]
+            for o, k, gs, x_rows in groups:
+                _accumulate(dw_tile[:, o:o + k], _rows(dy[..., cols], gs).t(), x_rows)
+    _run_side_by_side(work, _column_shares(dy, dy.shape[-1], mask))
 
 
 def producer_fwd(x, w, mask: StepMask):
     """``Yc[g][:, :k] = X[g] @ W[o:o+k, :]^T``: (G, B, I) -> (G, B, kmax), zero past k."""
     g, b, _ = x.shape
     yc = new_output(x, (g, b, mask.kmax), mask, True)
-    for o, k, gs in mask.window_groups():
-        _mm_into(yc, gs, k, _rows(x, gs), w[o:o + k].t())
+
+    def work(share):
+        for o, k, gs in share:
+            _mm_into(yc, gs, k, _rows(x, gs), w[o:o + k].t())
+    _run_side_by_side(work, _side_by_side(x, mask.window_groups(), _macs(x, mask, w.shape[1])))
     return yc
 
 
@@ -153,15 +229,21 @@ def producer_dx(dyc, w, mask: StepMask):
     g, b, _ = dyc.shape
     i = w.shape[1]
     dx = new_output(dyc, (g, b, i), mask, False)
-    for o, k, gs in mask.window_groups():
-        _mm_into(dx, gs, i, _rows(dyc, gs, k), w[o:o + k])
+
+    def work(share):
+        for o, k, gs in share:
+            _mm_into(dx, gs, i, _rows(dyc, gs, k), w[o:o + k])
+    _run_side_by_side(work, _side_by_side(dyc, mask.window_groups(), _macs(dyc, mask, i)))
     return dx
 
 
 def producer_dw(dyc, x, mask: StepMask, dw) -> None:
     """``dW[o:o+k, :] += dYc[g][:, :k]^T @ X[g]``, in place."""
-    for o, k, gs in mask.window_groups():
-        _accumulate(dw[o:o + k], _rows(dyc, gs, k).t(), _rows(x, gs))
+    def work(share):
+        for cols in share:
+            for o, k, gs in mask.window_groups():
+                _accumulate(dw[o:o + k, cols], _rows(dyc, gs, k).t(), _rows(x[..., cols], gs))
+    _run_side_by_side(work, _column_shares(x, x.shape[-1], mask))
 
 
 _GEMMS = sys.modules[__name__]

@@ -164,7 +164,10 @@ class SdropInputFeedDecoder(_SdropDecoderMixin, InputFeedRNNDecoder):
             x = None
             for i in range(len(cells)):
                 if i == 0:
-                    gx = emb_proj[t] + feed_proj
+                    # feed_proj first: the sum takes its (row-major) layout, which the
+                    # recurrent addmm copies as is (a CPU backend may store emb_proj
+                    # column-major)
+                    gx = feed_proj + emb_proj[t]
                 else:
                     gx = s_mid[i - 1].matmul(s_mid[i - 1].drop(x, t), t, w_mid[i - 1]) \
                         + bias_mid[i - 1]

@@ -15,6 +15,8 @@ import torch.nn.functional as F
 from torch.autograd import Function
 from onmt.utils.logging import logger
 
+from ..ops import common
+
 
 class GeneratorLink:
     """The compact decoder output of the last training forward, for the generator to consume.
@@ -45,14 +47,14 @@ class SdropGenerator(nn.Linear):
         decoder = ref() if ref is not None else None
         link = getattr(decoder, "sdrop_link", None)
         if link is None or not self.training:
-            return F.linear(x, self.weight, self.bias)
+            return self._dense(x)
         if not link.matches(x):
             # the loss handed over a copy or a slice of the decoder output: correct, but dense
             if not self.__dict__.get("_warned"):
                 self.__dict__["_warned"] = True
                 logger.info("sdrop: the generator's input is not the decoder output of the last "
                             "forward pass (a copy or a slice of it?); the generator runs dense")
-            return F.linear(x, self.weight, self.bias)
+            return self._dense(x)
         decoder.sdrop_link = None  # consumed: the compact tensors can go
         site, compact = link.site, link.compact                 # compact: (T, B, kmax)
         logits = site.matmul(compact, None, site.prep(self.weight, 1))   # (T, B, V)
@@ -63,6 +65,41 @@ class SdropGenerator(nn.Linear):
         if self.bias is not None:
             logits = logits.add_(self.bias)
         return logits.transpose(0, 1).view(-1, logits.shape[-1])
+
+
+    def _dense(self, x):
+        """The plain linear layer; in CPU training a large output (the logits of a batch) goes
+        into a kept buffer, as the compacted path's does (``common.output_buffer``), so that the
+        dense mode and the compacted one pay the same for it."""
+        rows, vocab = x.shape[0] if x.dim() == 2 else 0, self.weight.shape[0]
+        if (self.training and rows and torch.is_grad_enabled() and x.device.type == "cpu"
+                and not torch.is_autocast_enabled("cpu")
+                and rows * vocab * x.dtype.itemsize >= common.REUSE_BYTES):
+            return _KeptLinear.apply(x, self.weight, self.bias)
+        return F.linear(x, self.weight, self.bias)
+
+
+class _KeptLinear(Function):
+    """``x W^T + b`` written into :func:`common.output_buffer`; backward as ``F.linear``'s."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias):
+        out = common.output_buffer(x, (x.shape[0], weight.shape[0]), (weight.shape[0], 1))
+        if bias is None:
+            torch.mm(x, weight.t(), out=out)
+        else:
+            torch.addmm(bias, x, weight.t(), out=out)
+        ctx.save_for_backward(x, weight)
+        ctx.has_bias = bias is not None
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, weight = ctx.saved_tensors
+        dx = grad @ weight if ctx.needs_input_grad[0] else None
+        dw = grad.t() @ x if ctx.needs_input_grad[1] else None
+        db = grad.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
+        return dx, dw, db
 
 
 class _BatchMajor(Function):
