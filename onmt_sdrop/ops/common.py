@@ -67,13 +67,18 @@ REUSE_BYTES = 16 << 20
 _kept = WeakIdKeyDictionary()   # owner -> {role: (buffer, its storage's use count when idle)}
 
 
+_use_count = getattr(torch._C, "_storage_Use_Count", None)   # private; without it, no reuse
+
+
 def _storage_users(t: torch.Tensor) -> int:
-    return torch._C._storage_Use_Count(t.untyped_storage()._cdata)
+    return _use_count(t.untyped_storage()._cdata)
 
 
 def _kept_buffer(owner, role, fits, make) -> torch.Tensor:
     """The buffer kept for ``owner`` and ``role`` if ``fits(buffer)`` and nothing else uses its
     memory, else a new one from ``make()`` (kept from now on)."""
+    if _use_count is None:
+        return make()
     kept = _kept.setdefault(owner, {})
     buf, idle = kept.get(role, (None, None))
     if buf is None or not fits(buf) or _storage_users(buf) != idle:
