@@ -101,7 +101,7 @@ def _block_order(t: torch.Tensor, mask: StepMask):
 #   1.25x faster (README "Benchmarks"). So the groups of a call (forward, dX: their outputs are
 #   disjoint) or the column ranges of a weight gradient (the groups' windows overlap) are dealt
 #   to the threads, and torch's thread count is 1 while they run.
-_pool = None
+_pool, _pool_workers = None, 0
 
 
 SIDE_BY_SIDE_MACS = 1 << 24   # below this a call's GEMMs are too short to pay for the threads
@@ -119,12 +119,13 @@ def _side_by_side(t: torch.Tensor, items: list, macs: int) -> list:
 def _run_side_by_side(work, shares: list) -> None:
     """``work(share)`` for every share, each on its own thread (the first on this one), with
     torch (and MKL) single-threaded meanwhile."""
-    global _pool
+    global _pool, _pool_workers
     if len(shares) == 1:
         work(shares[0])
         return
-    if _pool is None or _pool._max_workers < len(shares) - 1:
-        _pool = concurrent.futures.ThreadPoolExecutor(len(shares) - 1,
+    if _pool_workers < len(shares) - 1:
+        _pool_workers = len(shares) - 1
+        _pool = concurrent.futures.ThreadPoolExecutor(_pool_workers,
                                                       thread_name_prefix="sdrop-gemm")
 
     def in_worker(share):
@@ -137,11 +138,12 @@ def _run_side_by_side(work, shares: list) -> None:
         futures = [_pool.submit(in_worker, share) for share in shares[1:]]
         try:
             in_worker(shares[0])
-        finally:
-            for f in futures:
-                f.result()
+        finally:   # every share done before the thread count goes back, also on an error
+            concurrent.futures.wait(futures)
     finally:
         torch.set_num_threads(threads)
+    for f in futures:
+        f.result()   # a worker's error, raised here
 
 
 def _macs(t: torch.Tensor, mask: StepMask, n: int) -> int:
