@@ -70,6 +70,11 @@ _kept = WeakIdKeyDictionary()   # owner -> {role: (buffer, its storage's use cou
 _use_count = getattr(torch._C, "_storage_Use_Count", None)   # private; without it, no reuse
 
 
+def keeps_buffer(device: torch.device, nbytes: int) -> bool:
+    """Whether a buffer of ``nbytes`` on ``device`` is one to keep (large, on a CPU)."""
+    return device.type == "cpu" and nbytes >= REUSE_BYTES
+
+
 def _storage_users(t: torch.Tensor) -> int:
     return _use_count(t.untyped_storage()._cdata)
 
@@ -93,7 +98,7 @@ def reusable_buffer(w: torch.Tensor, role: str, shape, dtype, view=None) -> torc
     handed out from them is alive."""
     shape = torch.Size(shape)
     view = view or (lambda t: t)
-    if w.device.type != "cpu" or shape.numel() * dtype.itemsize < REUSE_BYTES:
+    if not keeps_buffer(w.device, shape.numel() * dtype.itemsize):
         return view(torch.empty(shape, dtype=dtype, device=w.device))
     buf = _kept_buffer(w, role, lambda b: b.shape == shape and b.dtype == dtype,
                        lambda: torch.empty(shape, dtype=dtype))
@@ -117,7 +122,7 @@ def output_buffer(like: torch.Tensor, shape, strides) -> torch.Tensor:
     changes with every batch, so the buffer grows (with a quarter to spare) to the longest seen."""
     shape = torch.Size(shape)
     numel = shape.numel()
-    if like.device.type != "cpu" or numel * like.dtype.itemsize < REUSE_BYTES:
+    if not keeps_buffer(like.device, numel * like.dtype.itemsize):
         return like.new_empty_strided(shape, strides)
     # one buffer per width and dtype: outputs of different sites do not take each other's
     buf = _kept_buffer(_OUTPUTS, (shape[-1], like.dtype), lambda b: b.numel() >= numel,

@@ -46,7 +46,7 @@ def _mm_into(dst: torch.Tensor, gs, k: int, a: torch.Tensor, b: torch.Tensor,
     place where the destination is one block (row- or column-major)."""
     full = k == dst.shape[-1]
     if accumulate and isinstance(gs, int):
-        dst[gs, :, :k].addmm_(a, b)
+        _accumulate(dst[gs, :, :k], a, b)
     elif accumulate:
         dst[gs, :, :k] += (a @ b).view(len(gs), dst.shape[1], k)
     elif gs is None and full:
@@ -75,8 +75,9 @@ def _accumulate(dw: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
 #   OUT_TILE, every group within a tile before the next tile, so that the tile's weight rows and
 #   weight-gradient rows stay in cache across the groups instead of streaming from memory once
 #   per group (the gradient's read-modify-write was as slow as dense's whole GEMM).
-# * Column-major outputs: a step's (B, N) block written column by column ((G, N, B) storage)
-#   runs 1.2-1.4x faster than row by row.
+# * Column-major blocks: a step's compact input and its dX, stored column by column ((G, N, B)
+#   storage), are read and written 1.2-1.4x faster than row by row. The forward's output stays
+#   row-major, the layout the LSTM code reads next.
 # * The tiled forward's output (the generator's logits) is stored batch-major, the row order of
 #   OpenNMT-py's loss, so that no transposing copy of it is needed.
 OUT_TILE = 1024
@@ -92,7 +93,7 @@ def _column_tiles(t: torch.Tensor, n: int, mask: StepMask):
 
 
 def _block_order(t: torch.Tensor, mask: StepMask):
-    """Column-major output blocks on a CPU, for per-group GEMMs (more than one window)."""
+    """Column-major compact blocks on a CPU, for per-group GEMMs (more than one window)."""
     return COLUMNS_MAJOR if t.device.type == "cpu" and len(mask.window_groups()) > 1 else ROWS
 
 
@@ -107,12 +108,15 @@ _pool, _pool_workers = None, 0
 SIDE_BY_SIDE_MACS = 1 << 24   # below this a call's GEMMs are too short to pay for the threads
 
 
+def _threads(t: torch.Tensor, macs: int) -> int:
+    """Threads for a call of ``macs`` multiply-adds: torch's count on a CPU, else (other
+    devices, a small call) one."""
+    return torch.get_num_threads() if t.device.type == "cpu" and macs >= SIDE_BY_SIDE_MACS else 1
+
+
 def _side_by_side(t: torch.Tensor, items: list, macs: int) -> list:
-    """``items`` dealt round-robin into one share per CPU thread, for a call of ``macs``
-    multiply-adds; one share on other devices, with one thread, or for a small call."""
-    n = 1
-    if t.device.type == "cpu" and macs >= SIDE_BY_SIDE_MACS:
-        n = max(1, min(torch.get_num_threads(), len(items)))
+    """``items`` dealt round-robin into one share per thread (:func:`_threads`)."""
+    n = max(1, min(_threads(t, macs), len(items)))
     return [items[i::n] for i in range(n)]
 
 
@@ -157,7 +161,7 @@ def _column_shares(t: torch.Tensor, n: int, mask: StepMask):
     tiles = _column_tiles(t, n, mask)
     macs = _macs(t, mask, n)
     if len(tiles) == 1 and len(mask.window_groups()) > 1:
-        parts = len(_side_by_side(t, list(range(torch.get_num_threads())), macs))
+        parts = _threads(t, macs)
         tiles = [slice(n * i // parts, n * (i + 1) // parts) for i in range(parts)]
     return _side_by_side(t, tiles, macs)
 

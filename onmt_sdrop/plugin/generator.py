@@ -66,15 +66,14 @@ class SdropGenerator(nn.Linear):
             logits = logits.add_(self.bias)
         return logits.transpose(0, 1).view(-1, logits.shape[-1])
 
-
     def _dense(self, x):
         """The plain linear layer; in CPU training a large output (the logits of a batch) goes
         into a kept buffer, as the compacted path's does (``common.output_buffer``), so that the
         dense mode and the compacted one pay the same for it."""
-        rows, vocab = x.shape[0] if x.dim() == 2 else 0, self.weight.shape[0]
-        if (self.training and rows and torch.is_grad_enabled() and x.device.type == "cpu"
-                and not torch.is_autocast_enabled("cpu")
-                and rows * vocab * x.dtype.itemsize >= common.REUSE_BYTES):
+        rows = x.shape[0] if x.dim() == 2 else 0
+        if (self.training and rows and torch.is_grad_enabled()
+                and common.keeps_buffer(x.device, rows * self.weight.shape[0] * x.dtype.itemsize)
+                and not torch.is_autocast_enabled("cpu")):   # keeps_buffer: on a CPU
             return _KeptLinear.apply(x, self.weight, self.bias)
         return F.linear(x, self.weight, self.bias)
 
