@@ -11,6 +11,7 @@ tokens per second after warm-up. Writes bench/results/cpu-<date>.json.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import json
 import platform
@@ -95,9 +96,11 @@ def train_step(model, optim, src, tgt, src_len, amp=False):
 
 
 def measure(variants, *, hidden, layers, batch, vocab, dropout, steps, warmup, rnd,
-            device="cpu", amp=False, log=print, graphs_fell_back=None):
+            device="cpu", amp=False, log=print, graphs_fell_back=None, around=None):
     """tgt tok/s of each variant (name -> extra options), same weights and batches, interleaved.
-    ``graphs_fell_back``: a set that gets the variants whose CUDA graphs fell back to eager."""
+    ``graphs_fell_back``: a set that gets the variants whose CUDA graphs fell back to eager.
+    ``around(name)``: a context manager each variant's steps run in (e.g. its kernel choice)."""
+    around = around or (lambda name: contextlib.nullcontext())
     common = model_args(hidden=hidden, layers=layers, dropout=dropout)
     models = {name: build_variant(common + extra, vocab, device)
               for name, extra in variants.items()}
@@ -112,20 +115,22 @@ def measure(variants, *, hidden, layers, batch, vocab, dropout, steps, warmup, r
     for name, m in models.items():
         # a graphed model captures each shape bucket once: warm it up on every bucket
         warm = data if m.__dict__.get("_sdrop_graphs") is not None else data[:warmup]
-        for src, tgt, sl, _ in warm:
-            train_step(m, optims[name], src, tgt, sl, amp)
+        with around(name):
+            for src, tgt, sl, _ in warm:
+                train_step(m, optims[name], src, tgt, sl, amp)
     done, i = 0, 0
     while done < steps:
         n = min(rnd, steps - done)
         for name, m in models.items():
-            sync()
-            t0 = time.perf_counter()
-            for k in range(n):
-                src, tgt, sl, ntok = data[(i + k) % len(data)]
-                train_step(m, optims[name], src, tgt, sl, amp)
-                tokens[name] += ntok
-            sync()
-            seconds[name] += time.perf_counter() - t0
+            with around(name):
+                sync()
+                t0 = time.perf_counter()
+                for k in range(n):
+                    src, tgt, sl, ntok = data[(i + k) % len(data)]
+                    train_step(m, optims[name], src, tgt, sl, amp)
+                    tokens[name] += ntok
+                sync()
+                seconds[name] += time.perf_counter() - t0
         done += n
         i += n
         log(f"step {done}/{steps}: " + ", ".join(f"{k} {tokens[k] / seconds[k]:.0f} tok/s"

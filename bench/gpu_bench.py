@@ -27,6 +27,7 @@ on the GPU's time (tests/test_bench.py does it).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import json
 import sys
@@ -44,15 +45,56 @@ SIZES = {"default": dict(hidden=500, batch=64), "large": dict(hidden=1024, batch
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16}
 
 
-def e2e_variants(backend: str, with_graphs: bool) -> dict:
+def e2e_variants(backend: str, with_graphs: bool, kernels=None, keep=None) -> dict:
     """stock / sdrop dense / sdrop compacted with ``backend``, as options for the model builder;
-    with ``with_graphs`` also dense and compacted under CUDA graphs (-sdrop_cuda_graphs 1)."""
+    with ``with_graphs`` also dense and compacted under CUDA graphs (-sdrop_cuda_graphs 1).
+    ``kernels``: GEMM+DW kernel pairs of the CUDA backend, one compacted variant each (named
+    ``sdrop_compact@tensor+tiles``; see :func:`kernel_choice`). ``keep``: the variants to keep, by
+    their row names (stock, dense, compact, dense+graphs, compact+graphs)."""
     variants = {k: v for k, v in cpu_bench.VARIANTS.items() if k != "sdrop_compact_m4"}
-    variants["sdrop_compact"] = variants["sdrop_compact"][:-1] + [backend]
+    compact = variants.pop("sdrop_compact")[:-1] + [backend]
+    for pair in kernels or [None]:
+        variants["sdrop_compact" + (f"@{pair}" if pair else "")] = compact
     if with_graphs:
-        for name in ("sdrop_dense", "sdrop_compact"):
-            variants[name + "+graphs"] = variants[name] + ["-sdrop_cuda_graphs", "1"]
+        for name in list(variants):
+            if name != "stock":
+                variants[name + "+graphs"] = variants[name] + ["-sdrop_cuda_graphs", "1"]
+    if keep:
+        variants = {k: v for k, v in variants.items() if row_name(k) in keep}
     return variants
+
+
+def row_name(variant: str) -> str:
+    """``sdrop_compact@cublas+cublas+graphs`` -> ``compact+graphs``."""
+    name = variant.replace("sdrop_", "")
+    if "@" in name:
+        name = name.split("@")[0] + ("+graphs" if name.endswith("+graphs") else "")
+    return name
+
+
+def variant_kernels(variant: str):
+    """The GEMM+DW kernel pair a variant names after "@", or None."""
+    if "@" not in variant:
+        return None
+    pair = variant.split("@")[1].removesuffix("+graphs")
+    return pair
+
+
+@contextlib.contextmanager
+def kernel_choice(cu, variant: str):
+    """The CUDA backend's GEMM_KERNEL / DW_KERNEL set to the pair ``variant`` names, while its
+    steps run (graphs capture the kernels chosen at capture time; the generator reads them at
+    every step)."""
+    pair = variant_kernels(variant)
+    if pair is None or not hasattr(cu, "GEMM_KERNEL"):
+        yield
+        return
+    saved = cu.GEMM_KERNEL, cu.DW_KERNEL
+    cu.GEMM_KERNEL, cu.DW_KERNEL = pair.split("+")
+    try:
+        yield
+    finally:
+        cu.GEMM_KERNEL, cu.DW_KERNEL = saved
 
 
 def time_ms(fn, device, reps) -> tuple[float, str]:
@@ -102,7 +144,8 @@ def kernel_choices(cu, gemm_kernels=None) -> list[tuple[str, str]]:
 
 
 def launched_by(cu, fn) -> str:
-    """The kernels one call of ``fn`` launches (names, "cublas" for sgemmBatched), untimed."""
+    """The kernels one call of ``fn`` launches (names, "cublas" for a batched cuBLAS call, "torch"
+    for none of ours), untimed."""
     if not hasattr(cu, "_launch"):
         return "torch"
     names, launch, batched = [], cu._launch, cu._cublas_batched
@@ -112,7 +155,7 @@ def launched_by(cu, fn) -> str:
         fn()
     finally:
         cu._launch, cu._cublas_batched = launch, batched
-    return ",".join(dict.fromkeys(names))
+    return ",".join(dict.fromkeys(names)) or "torch"   # DW_KERNEL cublas: torch.mm
 
 
 def gemm_cases(ops, m, x, w_c, dy, xp, w_p, dyp):
@@ -205,7 +248,7 @@ def micro(cu, device, *, size, precision, hidden, batch, steps, vocab, p=0.3, re
 TOP_KERNELS = 8
 
 
-def profile_steps(variants, *, device, amp, steps=3, **cfg):
+def profile_steps(variants, *, device, amp, steps=3, around=None, **cfg):
     """{variant: (gpu kernel ms per step, launches per step, peak MB, the TOP_KERNELS kernels by
     GPU time as [name, ms per step, launches per step])} from the torch profiler."""
     from torch.profiler import ProfilerActivity, profile
@@ -213,17 +256,19 @@ def profile_steps(variants, *, device, amp, steps=3, **cfg):
     common = cpu_bench.model_args(hidden=cfg["hidden"], layers=cfg["layers"],
                                   dropout=cfg["dropout"])
     data = cpu_bench.batches(steps + 1, cfg["batch"], cfg["vocab"], device=device)
+    around = around or (lambda name: contextlib.nullcontext())
     out = {}
     for name, extra in variants.items():
         model = cpu_bench.build_variant(common + extra, cfg["vocab"], device)
         optim = torch.optim.SGD(model.parameters(), lr=0.1)
-        cpu_bench.train_step(model, optim, *data[0][:3], amp)   # warm-up (and capture)
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        with profile(activities=[ProfilerActivity.CUDA]) as prof:
-            for _ in range(steps):                              # the same batch: no recapture
-                cpu_bench.train_step(model, optim, *data[0][:3], amp)
+        with around(name):
+            cpu_bench.train_step(model, optim, *data[0][:3], amp)   # warm-up (and capture)
             torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            with profile(activities=[ProfilerActivity.CUDA]) as prof:
+                for _ in range(steps):                          # the same batch: no recapture
+                    cpu_bench.train_step(model, optim, *data[0][:3], amp)
+                torch.cuda.synchronize()
         kernels = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
         by_name = {}
         for e in kernels:
@@ -251,11 +296,19 @@ def main(argv=None):
     ap.add_argument("--micro-reps", type=int, default=10,
                     help="calls per CUDA graph in each micro timing")
     ap.add_argument("--no-e2e", action="store_true", help="the micro benchmark only")
+    ap.add_argument("--no-micro", action="store_true", help="the training runs only")
     ap.add_argument("--gemm-kernel", help="cupy_backend.GEMM_KERNEL for the training runs "
                     "(the micro benchmark times every choice)")
     ap.add_argument("--dw-kernel", help="cupy_backend.DW_KERNEL for the training runs")
     ap.add_argument("--micro-kernels", help="comma-separated GEMM_KERNEL choices the micro "
                     "benchmark times (default: all)")
+    ap.add_argument("--e2e-kernels", help="comma-separated GEMM+DW kernel pairs (e.g. "
+                    "tensor+tiles,cublas+cublas): one compacted training variant each, side by "
+                    "side (default: one, the backend's choice)")
+    ap.add_argument("--variants", help="comma-separated training variants to run (stock, dense, "
+                    "compact, dense+graphs, compact+graphs; default: all)")
+    ap.add_argument("--precisions", default="fp32,fp16", help="comma-separated (fp32, fp16)")
+    ap.add_argument("--sizes", default="default,large", help="comma-separated (default, large)")
     args = ap.parse_args(argv)
     micro_kernels = args.micro_kernels.split(",") if args.micro_kernels else None
     if args.dry_run:
@@ -270,14 +323,23 @@ def main(argv=None):
         from onmt_sdrop.ops import cupy_backend as cu
 
         device, backend, reps = "cuda", "cupy", args.micro_reps
-        sizes, precisions = SIZES, list(PRECISIONS)
+        sizes = {k: SIZES[k] for k in args.sizes.split(",")}
+        precisions = args.precisions.split(",")
         cu.GEMM_KERNEL = args.gemm_kernel or cu.GEMM_KERNEL
         cu.DW_KERNEL = args.dw_kernel or cu.DW_KERNEL
         base = dict(layers=2, vocab=10000, dropout=0.3, warmup=5, rnd=10, device=device)
         name = torch.cuda.get_device_name(0)
     if args.skip_large:
         sizes = {"default": sizes["default"]}
-    variants = e2e_variants(backend, with_graphs=device == "cuda" and not args.no_graphs)
+    pairs = args.e2e_kernels.split(",") if args.e2e_kernels else None
+    for pair in pairs or []:
+        g, _, d = pair.partition("+")
+        if device == "cuda" and (g not in cu.GEMM_KERNELS or d not in cu.DW_KERNELS):
+            ap.error(f"--e2e-kernels: {pair!r} is not GEMM+DW of {cu.GEMM_KERNELS} x "
+                     f"{cu.DW_KERNELS}")
+    variants = e2e_variants(backend, with_graphs=device == "cuda" and not args.no_graphs,
+                            kernels=pairs, keep=args.variants and args.variants.split(","))
+    around = lambda name: kernel_choice(cu, name)  # noqa: E731
     result = {"device": name, "torch": torch.__version__, "date": dt.date.today().isoformat(),
               "command": "python bench/gpu_bench.py " + " ".join(sys.argv[1:] if argv is None
                                                                    else argv),
@@ -299,20 +361,24 @@ def main(argv=None):
             cfg = dict(base, steps=steps, **dims)
             amp = precision == "fp16"
             fell_back = set()
-            tok_s = cpu_bench.measure(variants, amp=amp, graphs_fell_back=fell_back, **cfg)
-            prof = profile_steps(variants, amp=amp, **cfg) if device == "cuda" else {}
+            tok_s = cpu_bench.measure(variants, amp=amp, graphs_fell_back=fell_back,
+                                      around=around, **cfg)
+            prof = profile_steps(variants, amp=amp, around=around, **cfg) \
+                if device == "cuda" else {}
             for variant, value in tok_s.items():
                 gpu_ms, launches, peak, top = prof.get(variant, (None, None, None, None))
                 result["results"].append({
                     "size": size, "precision": precision,
-                    "variant": variant.replace("sdrop_", "").replace("+graphs", ""),
+                    "variant": row_name(variant).replace("+graphs", ""),
+                    "kernels": variant_kernels(variant) or result["config"]["gemm_kernel"] + "+"
+                    + result["config"]["dw_kernel"] if "compact" in variant else None,
                     "graphs": variant.endswith("+graphs"), "tok_s": value,
                     "graphs_fell_back_to_eager": variant in fell_back,
                     "gpu_ms_per_step": gpu_ms, "launches_per_step": launches,
                     "peak_mem_mb": peak, "top_kernels": top})
             save(f"e2e {size} {precision}")
     # then the micro rows (training first: it is what a user sees)
-    for size, dims in sizes.items():
+    for size, dims in ({} if args.no_micro else sizes).items():
         for precision in precisions:
             result["micro"] += micro(cu, device, size=size, precision=precision, steps=30,
                                      vocab=base["vocab"], reps=reps, kernels=micro_kernels,

@@ -60,14 +60,15 @@ def _tf32(x: torch.Tensor) -> torch.Tensor:
 
 def cublas_batched(ptrs, operands, *, transa, transb, m, n, k, lda, ldb, ldc, alpha=1.0,
                    beta=0.0) -> None:
-    """Stand-in for ``cupy_backend._cublas_batched`` (cuBLAS sgemmBatched, column-major): maps
-    each device pointer back into the tensor it points into and checks what cuBLAS would need
-    (float32, leading dimensions, every matrix inside its tensor)."""
+    """Stand-in for ``cupy_backend._cublas_batched`` (cuBLAS GemmBatchedEx, column-major, float
+    accumulation): maps each device pointer back into the tensor it points into and checks what
+    cuBLAS would need (one dtype it supports, leading dimensions, every matrix inside its
+    tensor)."""
     from onmt_sdrop.ops import cupy_backend as cb
 
     a_p, b_p, c_p = ptrs
     a, b, c = operands
-    assert a.dtype == b.dtype == c.dtype == torch.float32, (a.dtype, b.dtype, c.dtype)
+    assert a.dtype == b.dtype == c.dtype and c.dtype in cb.CUDA_TYPES, (a.dtype, b.dtype, c.dtype)
     for p in ptrs:
         assert p.dtype == torch.int64 and p.is_contiguous() and p.device == c.device
         assert p.numel() == a_p.numel()
@@ -89,7 +90,7 @@ def cublas_batched(ptrs, operands, *, transa, transb, m, n, k, lda, ldb, ldc, al
         av = view(a, a_p[i], (m, k), a_st)
         bv = view(b, b_p[i], (k, n), b_st)
         cv = view(c, c_p[i], (m, n), (1, ldc))
-        cv.copy_(alpha * (av @ bv) + (beta * cv if beta else 0))
+        cv.copy_(alpha * (av.float() @ bv.float()) + (beta * cv.float() if beta else 0))
 
 
 def use_cuda_backend(models, setattr_=setattr, launch_with=None) -> None:

@@ -62,3 +62,31 @@ def test_graph_buckets_counts_shapes_and_lru_misses(capsys):
     n = int(out[0].split(", ")[-1].split()[0])
     assert out[2].split(": ")[1].startswith(f"{n} captures")   # a cache that holds all: one each
     assert graph_buckets.main(["/no/such/file", "x"]) == 2
+
+
+def test_gpu_bench_compares_kernel_pairs_side_by_side(tmp_path, monkeypatch):
+    """--e2e-kernels: one compacted variant per GEMM+DW pair, each run with its pair set in the
+    CUDA backend (and the choice restored after), rows saying which; --variants keeps some."""
+    from onmt_sdrop.ops import cupy_backend
+
+    variants = gpu_bench.e2e_variants("cupy", True, kernels=["tensor+tiles", "cublas+cublas"],
+                                      keep=["stock", "compact+graphs"])
+    assert list(variants) == ["stock", "sdrop_compact@tensor+tiles+graphs",
+                              "sdrop_compact@cublas+cublas+graphs"]
+    assert gpu_bench.row_name("sdrop_compact@cublas+cublas+graphs") == "compact+graphs"
+    before = cupy_backend.GEMM_KERNEL, cupy_backend.DW_KERNEL
+    with gpu_bench.kernel_choice(cupy_backend, "sdrop_compact@cublas+atomic+graphs"):
+        assert (cupy_backend.GEMM_KERNEL, cupy_backend.DW_KERNEL) == ("cublas", "atomic")
+    assert (cupy_backend.GEMM_KERNEL, cupy_backend.DW_KERNEL) == before
+    seen = []
+    monkeypatch.setattr(gpu_bench, "kernel_choice",
+                        lambda cu, name: (seen.append(name), gpu_bench.contextlib.nullcontext())[1])
+    gpu_bench.main(["--out", str(tmp_path), "--dry-run", "--steps", "1", "--no-micro",
+                    "--e2e-kernels", "tensor+tiles,cublas+cublas", "--variants", "stock,compact"])
+    (out,) = tmp_path.glob("dry-run-*.json")
+    rows = json.loads(out.read_text())["results"]
+    assert [(r["size"], r["variant"], r["kernels"]) for r in rows] == [
+        (s, v, k) for s in ("default", "large") for v, k in (
+            ("stock", None), ("compact", "tensor+tiles"), ("compact", "cublas+cublas"))]
+    assert {"sdrop_compact@tensor+tiles", "sdrop_compact@cublas+cublas"} <= set(seen)
+    assert json.loads(out.read_text())["micro"] == []

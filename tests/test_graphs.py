@@ -87,8 +87,19 @@ def test_graphs_off_by_default_until_validated_and_refused_in_one_line(caplog):
     assert lines == ["sdrop: CUDA graphs off, eager steps instead: the model is not on a GPU"]
 
 
+@pytest.fixture(params=[("tensor", "tiles"), ("cublas", "cublas")], ids="+".join)
+def gpu_kernels(request, monkeypatch):
+    """The CUDA backend's kernel choices a real capture is checked with: our own kernels, and
+    cuBLAS through torch's handle."""
+    from onmt_sdrop.ops import cupy_backend
+
+    monkeypatch.setattr(cupy_backend, "GEMM_KERNEL", request.param[0])
+    monkeypatch.setattr(cupy_backend, "DW_KERNEL", request.param[1])
+    return request.param
+
+
 @pytest.mark.skipif(not cupy_available()[0], reason="needs a CUDA GPU and CuPy")
-def test_captured_graphs_equal_eager_on_a_gpu():
+def test_captured_graphs_equal_eager_on_a_gpu(gpu_kernels):
     """The real capture: replays equal eager steps on the same masks (loss and every gradient),
     masks differ between replays, the cache keeps its bound."""
     eager, graphed = gpu_pair()
@@ -169,16 +180,17 @@ def test_a_failed_capture_end_leaves_the_capture_stream(monkeypatch, stream_afte
     assert StreamContext.exits == (1 if stream_after_failure == "side" else 0)
 
 
-def test_cublas_kernels_are_not_captured(monkeypatch):
-    """CuPy refuses cuBLAS calls during a capture: SDROP_GEMM_KERNEL=cublas runs eagerly."""
+@pytest.mark.parametrize("gemm_kernel", ["tensor", "cublas"])
+def test_every_kernel_choice_is_captured(monkeypatch, gemm_kernel):
+    """cuBLAS runs through torch's own handle, which a capture takes as torch's matmuls: every
+    GEMM_KERNEL of the CUDA backend is captured (the real capture: the GPU tests above)."""
     from onmt_sdrop.ops import cupy_backend
 
     model, opt = build(*ARGS, "-sdrop_backend", "torch", dtype=torch.float32)
     kernel_emulator.use_cuda_backend([model], monkeypatch.setattr)
     monkeypatch.setattr(torch.Tensor, "is_cuda", property(lambda self: True))
+    monkeypatch.setattr(cupy_backend, "GEMM_KERNEL", gemm_kernel)
     assert graphs.unsupported(opt, model) is None
-    monkeypatch.setattr(cupy_backend, "GEMM_KERNEL", "cublas")
-    assert "cublas" in graphs.unsupported(opt, model)
 
 
 def test_autocast_steps_are_captured_under_autocast_without_its_cast_cache():
@@ -203,7 +215,7 @@ def test_autocast_steps_are_captured_under_autocast_without_its_cast_cache():
 
 
 @pytest.mark.skipif(not cupy_available()[0], reason="needs a CUDA GPU and CuPy")
-def test_captured_autocast_graphs_equal_eager_on_a_gpu():
+def test_captured_autocast_graphs_equal_eager_on_a_gpu(gpu_kernels):
     """The real capture under fp16 autocast (the CUDA backend): replays equal eager steps."""
     eager, graphed = gpu_pair()
     assert_autocast_steps_equal(eager, graphed, graphs.GraphedModel(graphed), "cuda",

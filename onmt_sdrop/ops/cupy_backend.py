@@ -82,23 +82,28 @@ def _windows(mask: StepMask, device):
 #   "tensor" kernels/gemm_fast.cu gemm_tc_*: fp16 / bf16 on the tensor cores (mma.sync, float
 #            accumulation), 64x64 tiles, double-buffered; fp32 uses TF32 tensor cores only when
 #            the user allowed TF32 (torch.backends.cuda.matmul.allow_tf32), else "tiled".
-#   "cublas" fp32 forward and dX with one kept count for all groups: cuBLAS sgemmBatched over
-#            pointer arrays built on the device from the mask's offsets (no host sync); every
-#            other case (fp16/bf16, weight gradients, varying counts) as "tensor".
+#   "cublas" forward and dX with one kept count for all groups (the default masks): ONE cuBLAS
+#            GemmBatchedEx over pointer arrays built on the device from the mask's offsets (no
+#            host sync; fp32 true FP32 unless the user allowed TF32, fp16 / bf16 on the tensor
+#            cores), through torch's cuBLAS handle, so CUDA graphs capture it; the other cases
+#            (weight gradients by "atomic" / "tiles", varying counts) as "tensor".
 # DW_KERNEL picks the weight-gradient form: "atomic" = the chosen family's grouped GEMM
 # accumulating with atomicAdd; "tiles" = its window_dw (atomic-free and deterministic: each
-# block owns a dW tile and loops over the groups whose window meets it).
-# Every choice but "wide" passed its GPU tests on an H200
-# (bench/results/logs/gpu-tests-2026-11-27.log);
+# block owns a dW tile and loops over the groups whose window meets it); "cublas" = ONE cuBLAS
+# GEMM over all groups (torch.mm) on the compact operand spread back to full width with zeros
+# at the dropped units: the dense GEMM's work (the windows overlap, so no batched call can skip
+# the dropped units), but cuBLAS's speed; atomic-free, deterministic, captured by graphs.
+# On an H200 (bench/results/logs/gpu-tests-2026-11-27.log) every choice of 2026-11-27 passed its
+# GPU tests ("wide", the ctypes cuBLAS transport and DW_KERNEL "cublas" came later);
 # CPU machines check them through tests/kernel_emulator.py and tests/cuda_host.cpp. The default,
 # "tensor" + "tiles", was the fastest capturable pair at every size and precision timed there
 # (bench/results/gpu-2026-11-27.json): the six GEMMs took 0.77x (default size, fp32) to 0.23x
-# (1024/256, fp16) of "simt" + "atomic"'s time. "cublas" is faster still for large fp32 forward
-# and dX, but CuPy refuses cuBLAS calls inside a CUDA graph capture.
+# (1024/256, fp16) of "simt" + "atomic"'s time; cuBLAS sgemmBatched (through CuPy then, which
+# no graph could capture) was faster still for the large fp32 forward and dX.
 # The environment variables SDROP_GEMM_KERNEL / SDROP_DW_KERNEL set them for a whole run (e.g.
 # onmt_train) without code.
 GEMM_KERNELS = ("simt", "tiled", "wide", "tensor", "cublas")
-DW_KERNELS = ("atomic", "tiles")
+DW_KERNELS = ("atomic", "tiles", "cublas")
 GEMM_KERNEL = os.environ.get("SDROP_GEMM_KERNEL", "tensor")
 DW_KERNEL = os.environ.get("SDROP_DW_KERNEL", "tiles")
 if GEMM_KERNEL not in GEMM_KERNELS or DW_KERNEL not in DW_KERNELS:
@@ -161,9 +166,8 @@ def _grouped_gemm(a, b, c, mask, *, mode, m, n, k, a_s, b_s, c_s, accumulate=Fal
 
     ``*_s`` = (group stride, window-offset stride, row stride, column stride) in elements;
     ``mode`` bits 1/2/4: M/N/K is the group's kept count (m/n/k give the maximum otherwise)."""
-    if GEMM_KERNEL == "cublas" and not accumulate and a.dtype == torch.float32 \
-            and _cublas_grouped(a, b, c, mask, mode=mode, m=m, n=n, k=k, a_s=a_s, b_s=b_s,
-                                c_s=c_s):
+    if GEMM_KERNEL == "cublas" and not accumulate and _cublas_grouped(
+            a, b, c, mask, mode=mode, m=m, n=n, k=k, a_s=a_s, b_s=b_s, c_s=c_s):
         return
     fam = _family(a.dtype, a.device)
     off, cnt = _windows(mask, a.device)
@@ -178,39 +182,57 @@ def _grouped_gemm(a, b, c, mask, *, mode, m, n, k, a_s, b_s, c_s, accumulate=Fal
 
 
 # ---------------------------------------------------------------- cuBLAS pointer arrays
+#
+# Through torch's own cuBLAS handle (ctypes), not CuPy's: torch binds that handle to its current
+# stream, gives it a workspace of its caching allocator and sets its math mode from the user's
+# TF32 choice at every torch.cuda.current_blas_handle(), so a call is captured by a CUDA graph as
+# torch's own matmuls are (CuPy refuses cuBLAS calls during a capture).
+
+# library_types.h / cublas_api.h enum values
+CUDA_TYPES = {torch.float32: 0, torch.float16: 2, torch.bfloat16: 14}
+CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT = 68, -1
+CUBLAS_OP_N, CUBLAS_OP_T = 0, 1
+
+
+@functools.lru_cache(maxsize=None)
+def _gemm_batched_ex():
+    """``cublasGemmBatchedEx`` of the cuBLAS library torch itself loaded (found in this process's
+    memory map, so it is the very library whose handle torch hands out)."""
+    import ctypes
+    import re
+
+    torch.cuda.current_blas_handle()     # loads torch's cuBLAS if nothing has yet
+    with open("/proc/self/maps") as maps:
+        paths = {line.split()[-1] for line in maps if re.search(r"/libcublas\.so[.0-9]*$",
+                                                                line.strip())}
+    if not paths:
+        raise RuntimeError("torch's cuBLAS library is not loaded in this process")
+    fn = ctypes.CDLL(sorted(paths)[0]).cublasGemmBatchedEx
+    p, i = ctypes.c_void_p, ctypes.c_int
+    fn.argtypes = [p, i, i, i, i, i, p, p, i, i, p, i, i, p, p, i, i, i, i, i]
+    fn.restype = i
+    return fn
+
 
 def _cublas_batched(ptrs, operands, *, transa, transb, m, n, k, lda, ldb, ldc, alpha=1.0,
                     beta=0.0) -> None:
-    """cuBLAS ``sgemmBatched`` (column-major ``C_i = alpha op(A_i) op(B_i) + beta C_i``) on torch's
-    current stream; ``ptrs`` = (A, B, C) pointer arrays, int64 tensors on the device; ``operands``
-    = the tensors they point into (kept alive here; tests/kernel_emulator.py reads through the
-    pointers into them). The one place that calls cuBLAS through CuPy."""
-    import cupy
-    from cupy_backends.cuda.libs import cublas
-
-    del operands
+    """cuBLAS ``GemmBatchedEx`` (column-major ``C_i = alpha op(A_i) op(B_i) + beta C_i``, float
+    accumulation; fp32, fp16 or bf16 operands, all of one dtype) on torch's current stream;
+    ``ptrs`` = (A, B, C) pointer arrays, int64 tensors on the device; ``operands`` = the tensors
+    they point into (tests/kernel_emulator.py reads through the pointers into them). The one place
+    that calls cuBLAS directly."""
+    dtype = operands[2].dtype
+    kind = CUDA_TYPES[dtype]
     a_p, b_p, c_p = ptrs
-    handle = cupy.cuda.device.get_cublas_handle()
     al, be = np.array(alpha, np.float32), np.array(beta, np.float32)
-    math_mode, pointer_mode = cublas.getMathMode(handle), cublas.getPointerMode(handle)
-    try:
-        cublas.setMathMode(handle, CUBLAS_TF32_TENSOR_OP_MATH if tf32_allowed()
-                           else CUBLAS_DEFAULT_MATH)
-        cublas.setPointerMode(handle, CUBLAS_POINTER_MODE_HOST)
-        stream = torch.cuda.current_stream().cuda_stream
-        cublas.setStream(handle, stream)
-        with _stream():   # CuPy's wrapper sets the handle's stream to its current one: torch's
-            cublas.sgemmBatched(handle, transa, transb, m, n, k, al.ctypes.data, a_p.data_ptr(),
-                                lda, b_p.data_ptr(), ldb, be.ctypes.data, c_p.data_ptr(), ldc,
-                                a_p.numel())
-    finally:
-        cublas.setPointerMode(handle, pointer_mode)
-        cublas.setMathMode(handle, math_mode)
-
-
-# cublas_api.h enum values
-CUBLAS_DEFAULT_MATH, CUBLAS_TF32_TENSOR_OP_MATH, CUBLAS_POINTER_MODE_HOST = 0, 3, 0
-CUBLAS_OP_N, CUBLAS_OP_T = 0, 1
+    handle = torch.cuda.current_blas_handle()   # bound to the current stream, TF32 as the user set
+    status = _gemm_batched_ex()(handle, transa, transb, m, n, k, al.ctypes.data, a_p.data_ptr(),
+                                kind, lda, b_p.data_ptr(), kind, ldb, be.ctypes.data,
+                                c_p.data_ptr(), kind, ldc, a_p.numel(), CUBLAS_COMPUTE_32F,
+                                CUBLAS_GEMM_DEFAULT)
+    if status:
+        raise RuntimeError(f"cublasGemmBatchedEx failed with status {status} ({dtype}, m {m}, "
+                           f"n {n}, k {k}, batch {a_p.numel()})")
 
 
 def _pointers(t: torch.Tensor, off: torch.Tensor, g_stride: int, o_stride: int) -> torch.Tensor:
@@ -231,9 +253,11 @@ def _blas_operand(rs, cs, rows, cols):
 
 
 def _cublas_grouped(a, b, c, mask, *, mode, m, n, k, a_s, b_s, c_s) -> bool:
-    """The grouped GEMM as one sgemmBatched when every group keeps the same number of units (then
-    every group has the same M, N, K and only base pointers differ); False (nothing done) when it
-    does not apply: counts differ or are zero, or a layout cuBLAS cannot express."""
+    """The grouped GEMM as one batched cuBLAS call when every group keeps the same number of units
+    (then every group has the same M, N, K and only base pointers differ); False (nothing done)
+    when it does not apply: counts differ or are zero, or a layout cuBLAS cannot express."""
+    if not a.dtype == b.dtype == c.dtype or a.dtype not in CUDA_TYPES:
+        return False
     counts = {cnt for _, cnt in mask.windows}   # host-side windows: no device read
     if len(counts) != 1 or 0 in counts:
         return False
@@ -292,7 +316,29 @@ def _window_dw(q, p, dw, mask, *, u_len, v_len, dw_u, dw_v):
     _launch(fam.module, fam.window_dw + fam.suffix, grid, fam.block, args)
 
 
+def _spread(xc, mask: StepMask) -> torch.Tensor:
+    """Compact ``(G, B, kmax)`` -> ``(G * B, H)`` in the permuted order of ``ext``: column ``j`` of
+    group ``g`` at ``(offsets[g] + j) % H``, zeros at the dropped units and for padding columns
+    (``kmax <= H``, so one group's positions are distinct)."""
+    g, b, kmax = xc.shape
+    off, cnt = _windows(mask, xc.device)
+    j = torch.arange(kmax, device=xc.device)
+    pos = ((off[:, None] + j) % mask.size)[:, None, :].expand(g, b, kmax)
+    kept = (j < cnt[:, None]).to(xc.dtype)[:, None, :]
+    return xc.new_zeros(g, b, mask.size).scatter_(2, pos, xc * kept).view(g * b, mask.size)
+
+
+def _dense_dw(dw, a, b) -> None:
+    """``dw += a @ b`` by cuBLAS (through torch), float32 ``dw``, float accumulation."""
+    if a.dtype == dw.dtype:
+        dw.addmm_(a, b)
+    else:   # fp16 / bf16: cuBLAS accumulates in float, one rounding of the product
+        dw += (a @ b).to(dw.dtype)
+
+
 def consumer_dw(dy, xc, mask: StepMask, dw) -> None:
+    if DW_KERNEL == "cublas":
+        return _dense_dw(dw[:, :mask.size], dy.reshape(-1, dy.shape[2]).t(), _spread(xc, mask))
     if DW_KERNEL == "tiles":
         return _window_dw(xc, dy, dw, mask, u_len=dw.shape[1], v_len=dw.shape[0],
                           dw_u=dw.stride(1), dw_v=dw.stride(0))
@@ -325,6 +371,8 @@ def producer_dx(dyc, w, mask: StepMask):
 
 
 def producer_dw(dyc, x, mask: StepMask, dw) -> None:
+    if DW_KERNEL == "cublas":
+        return _dense_dw(dw[:mask.size], _spread(dyc, mask).t(), x.reshape(-1, x.shape[2]))
     if DW_KERNEL == "tiles":
         return _window_dw(dyc, x, dw, mask, u_len=dw.shape[0], v_len=dw.shape[1],
                           dw_u=dw.stride(0), dw_v=dw.stride(1))

@@ -235,8 +235,6 @@ def unsupported(opt, model) -> str | None:
         return "only -sdrop_count fixed with -sdrop_pattern step or fixed can be captured"
     if config.mode == "compact" and config.ops(torch.device("cuda")) is not cupy_backend:
         return "the torch backend plans its GEMMs on the host (use the CUDA backend)"
-    if config.mode == "compact" and cupy_backend.GEMM_KERNEL == "cublas":
-        return "SDROP_GEMM_KERNEL=cublas: CuPy refuses cuBLAS calls during a capture"
     for flag, what in (("copy_attn", "-copy_attn"), ("coverage_attn", "-coverage_attn"),
                        ("lambda_align", "alignment"), ("truncated_decoder", "-truncated_decoder")):
         if getattr(opt, flag, 0):
