@@ -79,6 +79,13 @@ def cublas_batched(ptrs, operands, *, transa, transb, m, n, k, lda, ldb, ldc, al
     assert ldb >= max(1, k if transb == cb.CUBLAS_OP_N else n), (ldb, k, n)
     assert ldc >= max(1, m), (ldc, m)
 
+    if c.dtype != torch.float32:
+        # cuBLAS's tensor-core kernels read 16-byte vectors: a matrix must start on 16 bytes and
+        # its columns too (an H100 stopped with "misaligned address" on windows at odd units)
+        for p in ptrs:
+            assert all(int(v) % 16 == 0 for v in p.tolist()), "a matrix not on 16 bytes"
+        assert all(ld * c.element_size() % 16 == 0 for ld in (lda, ldb, ldc)), (lda, ldb, ldc)
+
     def view(t, ptr, shape, strides):
         delta = int(ptr) - t.data_ptr()
         assert delta % t.element_size() == 0, "pointer not on an element"

@@ -195,7 +195,7 @@ def test_gemm_kernel_selection(device, gemm_kernel, dw_kernel, dtype, tf32, laun
                                monkeypatch):
     """Which kernels each GEMM_KERNEL / DW_KERNEL runs (as the README's table says), and that the
     result still equals the torch backend: fp32 stays true FP32 unless the user allows TF32;
-    cuBLAS takes forward and dX (every dtype) when every group keeps the same count."""
+    cuBLAS takes true-fp32 forward and dX when every group keeps the same count."""
     monkeypatch.setattr(cupy_backend, "tf32_allowed", lambda: tf32)
     for count in ("fixed", "bernoulli"):
         m = sample_step_mask(5, 40, 0.3, count=count).to(device)
@@ -213,7 +213,7 @@ def test_gemm_kernel_selection(device, gemm_kernel, dw_kernel, dtype, tf32, laun
             family, suffix = ("gemm_tc_", "tf32") if tf32 else ("gemm_tiled_", suffix)
         fwd_dx = [n for n in launched if "acc" not in n and not n.startswith("window_dw")]
         dws = [n for n in launched if n not in fwd_dx]
-        if gemm_kernel == "cublas" and equal:
+        if gemm_kernel == "cublas" and equal and dtype == torch.float32 and not tf32:
             assert fwd_dx == ["cublas"] * 4, launched
         else:
             assert fwd_dx == [family + suffix] * 4, launched
@@ -226,6 +226,25 @@ def test_gemm_kernel_selection(device, gemm_kernel, dw_kernel, dtype, tf32, laun
             assert dws == [], launched
         else:
             assert dws == [want_dw + suffix] * 2, launched
+
+
+def test_emulated_cublas_refuses_half_windows_off_16_bytes():
+    """The emulator enforces what cuBLAS's tensor-core kernels need of fp16 / bf16 matrices
+    (16-byte aligned starts and columns; an H100 stopped with "misaligned address" on windows at
+    odd units), so a path handing them such windows fails here, not on a GPU."""
+    a = torch.randn(4, 16, dtype=torch.float16)
+    b = torch.randn(16, 8, dtype=torch.float16)
+    c = torch.zeros(4, 8, dtype=torch.float16)
+    ptr = lambda t, off=0: torch.tensor([t.data_ptr() + off * t.element_size()])  # noqa: E731
+    args = dict(transa=cupy_backend.CUBLAS_OP_N, transb=cupy_backend.CUBLAS_OP_N, m=8, n=4, k=8,
+                lda=8, ldb=16, ldc=8)
+    kernel_emulator.cublas_batched((ptr(b), ptr(a), ptr(c)), (b, a, c), **args)  # aligned: runs
+    torch.testing.assert_close(c.float(), (a[:, :8].float() @ b[:8].float()), rtol=1e-2,
+                               atol=1e-2)
+    with pytest.raises(AssertionError, match="16 bytes"):
+        kernel_emulator.cublas_batched((ptr(b, 3), ptr(a), ptr(c)), (b, a, c), **args)
+    with pytest.raises(AssertionError):
+        kernel_emulator.cublas_batched((ptr(b), ptr(a), ptr(c)), (b, a, c), **{**args, "lda": 9})
 
 
 @pytest.fixture(scope="session")

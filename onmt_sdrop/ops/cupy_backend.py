@@ -82,11 +82,12 @@ def _windows(mask: StepMask, device):
 #   "tensor" kernels/gemm_fast.cu gemm_tc_*: fp16 / bf16 on the tensor cores (mma.sync, float
 #            accumulation), 64x64 tiles, double-buffered; fp32 uses TF32 tensor cores only when
 #            the user allowed TF32 (torch.backends.cuda.matmul.allow_tf32), else "tiled".
-#   "cublas" forward and dX with one kept count for all groups (the default masks): ONE cuBLAS
-#            GemmBatchedEx over pointer arrays built on the device from the mask's offsets (no
-#            host sync; fp32 true FP32 unless the user allowed TF32, fp16 / bf16 on the tensor
-#            cores), through torch's cuBLAS handle, so CUDA graphs capture it; the other cases
-#            (weight gradients by "atomic" / "tiles", varying counts) as "tensor".
+#   "cublas" fp32 forward and dX with one kept count for all groups (the default masks): ONE
+#            cuBLAS GemmBatchedEx over pointer arrays built on the device from the mask's offsets
+#            (no host sync), through torch's cuBLAS handle, so CUDA graphs capture it; every other
+#            case as "tensor". Not fp16 / bf16, nor TF32: cuBLAS's tensor-core kernels need
+#            16-byte aligned matrices, and a window starts at any unit (fp16 ended in "misaligned
+#            address" on an H100, bench/results/logs/gpu-tests-2026-11-28.log).
 # DW_KERNEL picks the weight-gradient form: "atomic" = the chosen family's grouped GEMM
 # accumulating with atomicAdd; "tiles" = its window_dw (atomic-free and deterministic: each
 # block owns a dW tile and loops over the groups whose window meets it); "cublas" = ONE cuBLAS
@@ -217,7 +218,8 @@ def _gemm_batched_ex():
 def _cublas_batched(ptrs, operands, *, transa, transb, m, n, k, lda, ldb, ldc, alpha=1.0,
                     beta=0.0) -> None:
     """cuBLAS ``GemmBatchedEx`` (column-major ``C_i = alpha op(A_i) op(B_i) + beta C_i``, float
-    accumulation; fp32, fp16 or bf16 operands, all of one dtype) on torch's current stream;
+    accumulation, operands of one dtype: fp32, or fp16 / bf16 with every matrix 16-byte aligned)
+    on torch's current stream;
     ``ptrs`` = (A, B, C) pointer arrays, int64 tensors on the device; ``operands`` = the tensors
     they point into (tests/kernel_emulator.py reads through the pointers into them). The one place
     that calls cuBLAS directly."""
@@ -255,8 +257,9 @@ def _blas_operand(rs, cs, rows, cols):
 def _cublas_grouped(a, b, c, mask, *, mode, m, n, k, a_s, b_s, c_s) -> bool:
     """The grouped GEMM as one batched cuBLAS call when every group keeps the same number of units
     (then every group has the same M, N, K and only base pointers differ); False (nothing done)
-    when it does not apply: counts differ or are zero, or a layout cuBLAS cannot express."""
-    if not a.dtype == b.dtype == c.dtype or a.dtype not in CUDA_TYPES:
+    when it does not apply: not true fp32, counts differ or are zero, or a layout cuBLAS cannot
+    express."""
+    if not a.dtype == b.dtype == c.dtype == torch.float32 or tf32_allowed():
         return False
     counts = {cnt for _, cnt in mask.windows}   # host-side windows: no device read
     if len(counts) != 1 or 0 in counts:
