@@ -228,6 +228,62 @@ def test_gemm_kernel_selection(device, gemm_kernel, dw_kernel, dtype, tf32, laun
             assert dws == [want_dw + suffix] * 2, launched
 
 
+def test_k_parts():
+    """Parts of K: only one group with few output tiles; a full K in equal parts (a divisor), a
+    window K in any number; at least SPLIT_K_MIN each, at most SPLIT_K_MAX."""
+    parts = cupy_backend._k_parts
+    plain, window_b = (0, 0, 1, 1), (0, 5, 5, 1)
+    assert parts((6, 1, 1), 2, 2000, plain, plain, plain) == 10       # 2000 = 10 x 200 >= 128
+    assert parts((6, 1, 1), 2, 1999, plain, plain, plain) == 1        # prime: no equal parts
+    assert parts((1, 1, 1), 4, 350, plain, window_b, plain) == 2      # 350 // 128
+    assert parts((1, 1, 1), 4, 5000, plain, window_b, plain) == cupy_backend.SPLIT_K_MAX
+    assert parts((6, 1, 7), 2, 2000, plain, plain, plain) == 1        # several groups
+    assert parts((16, 6, 1), 2, 2000, plain, plain, plain) == 1       # 96 tiles: enough
+    assert parts((6, 1, 1), 4, 2000, plain, (0, 1, 5, 1), plain) == 1  # window not along K
+    assert parts((6, 1, 1), 2, 2000, plain, plain, (0, 1, 1, 1)) == 1  # C moves with the window
+
+
+def _split_k_case(ops, m, dtype, device):
+    # one group, 5 x 48 / 5 x 40 outputs: a single tile; K = 48 and 40 (full) or a window of 49
+    return _six_gemms(ops, m, dtype, device, batch=5, out=48, inp=40)
+
+
+def _record_grids(monkeypatch, run):
+    grids = []
+
+    def record(module, fn, grid, block, args):
+        grids.append((fn, tuple(grid)))
+        run(module, fn, grid, block, args)
+
+    monkeypatch.setattr(cupy_backend, "_launch", record)
+    monkeypatch.setattr(cupy_backend, "SPLIT_K_MIN", 8)
+    return grids
+
+
+@pytest.mark.parametrize("kernel", ["simt", "tiled", "wide", "tensor"])
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-4), (torch.float16, 2e-2)])
+def test_one_group_gemms_split_k(device, kernel, dtype, tol, monkeypatch):
+    """A one-group GEMM with few output tiles (the input-feed decoder's per-step calls) runs its K
+    in parts, each a group of one launch, summed after, and still equals the torch backend: a
+    window K (consumer forward, producer dX; fixed and Bernoulli counts, the last part shorter or
+    empty) and a full K (consumer dX, producer forward; equal parts)."""
+    monkeypatch.setattr(cupy_backend, "GEMM_KERNEL", kernel)
+    grids = _record_grids(monkeypatch, cupy_backend._launch)
+    for count in ("fixed", "bernoulli"):
+        m = sample_step_mask(1, 70, 0.3, count=count).to(device)
+        grids.clear()
+        got = _split_k_case(cupy_backend, m, dtype, device)
+        want = _split_k_case(torch_backend, m, torch.float32, device)
+        for a, r in zip(got, want):
+            assert_close_scaled(a.float(), r.float(), tol)
+        gemms = [g for fn, g in grids if not fn.startswith("window_dw") and "_acc_" not in fn]
+        assert len(gemms) == 4 and all(g[2] > 1 for g in gemms), grids
+    monkeypatch.setattr(cupy_backend, "SPLIT_K_MIN", 10_000)     # K too short to split: one part
+    grids.clear()
+    _split_k_case(cupy_backend, m, dtype, device)
+    assert all(g[2] == 1 for _, g in grids), grids
+
+
 def test_emulated_cublas_refuses_half_windows_off_16_bytes():
     """The emulator enforces what cuBLAS's tensor-core kernels need of fp16 / bf16 matrices
     (16-byte aligned starts and columns; an H100 stopped with "misaligned address" on windows at
@@ -297,6 +353,21 @@ def test_fast_kernels_own_code_on_cpu(host_kernels, kernel, dtype, tf32, dw_kern
     family = {"tensor": "_tc_", "tiled": "_tiled_", "wide": "_wide_"}[kernel]
     per_mask = 4 if dw_kernel == "cublas" else 6    # DW_KERNEL cublas: dW by torch.mm
     assert len(names) == 2 * per_mask and all(family in n for n in names), names
+
+
+@pytest.mark.parametrize("kernel,dtype", [("tiled", torch.float32), ("wide", torch.float32),
+                                          ("tensor", torch.float16)])
+def test_split_k_own_code_on_cpu(host_kernels, kernel, dtype, monkeypatch):
+    """The split-K launches (K parts as groups, window parts with clipped counts) through the
+    kernels' own code on the CPU, against the torch backend."""
+    monkeypatch.setattr(cupy_backend, "GEMM_KERNEL", kernel)
+    grids = _record_grids(monkeypatch, kernel_emulator.host_launcher(host_kernels))
+    m = sample_step_mask(1, 70, 0.3, count="bernoulli")
+    got = _split_k_case(cupy_backend, m, dtype, "cpu")
+    want = _split_k_case(torch_backend, m, dtype, "cpu")
+    for a, r in zip(got, want):
+        assert_close_scaled(a.float(), r.float(), 1e-4 if dtype == torch.float32 else 3e-2)
+    assert sum(g[2] > 1 for _, g in grids) == 4, grids
 
 
 def test_kernel_defaults_and_environment():

@@ -176,10 +176,62 @@ def _grouped_gemm(a, b, c, mask, *, mode, m, n, k, a_s, b_s, c_s, accumulate=Fal
     rows = kmax if mode & 1 else m
     cols = kmax if mode & 2 else n
     grid = (-(-cols // fam.tile), -(-rows // fam.tile), mask.groups)
+    parts = 1 if accumulate else _k_parts(grid, mode, k, a_s, b_s, c_s)
+    if parts > 1:
+        return _split_k(a, b, c, off, cnt, fam, grid, parts, mode=mode, m=m, n=n, k=k, a_s=a_s,
+                        b_s=b_s, rows=rows, cols=cols)
     name = (fam.acc if accumulate else fam.gemm) + fam.suffix
     args = [a, b, c, off, cnt, *map(np.int32, (mode, m, n, k)),
             *map(np.int64, (*a_s, *b_s, *c_s))]
     _launch(fam.module, name, grid, fam.block, args)
+
+
+# ---------------------------------------------------------------- split K
+#
+# One group's GEMM with a small output (the input-feed decoder's per-step calls: the feed's dX,
+# 64 x 350 with K = 2,000, is 6 tiles of 64 x 64) fills a handful of the GPU's SMs and runs the
+# whole K loop in each: on an H100 the per-step kernels took 90 us each on average (241 a step,
+# 21.6 of 35.4 ms; bench/results/gpu-2026-11-28-h100-e2e.json). Split K into parts, each part one
+# group of the same launch (grid.z), into a buffer of partial products, then sum the parts:
+# more blocks, a shorter K loop each, deterministic. The parts of a window K (mode bit 4) are
+# windows of their own (offset + s * ks, count clipped); a full K is split into equal parts.
+SPLIT_K_BLOCKS = 96     # split when one group has fewer output tiles than this (132 SMs on an H100)
+SPLIT_K_MIN = 128       # ... into parts of at least this much K
+SPLIT_K_MAX = 16
+
+
+def _k_parts(grid, mode, k, a_s, b_s, c_s) -> int:
+    """How many parts to split K of a grouped GEMM with ``grid`` into (1: none). Only the
+    layouts of the forward and dX GEMMs: the window moves B alone, along N (mode 2) or along K
+    (mode 4: B's window stride is its K stride)."""
+    tiles = grid[0] * grid[1]
+    if grid[2] != 1 or tiles >= SPLIT_K_BLOCKS or mode not in (2, 4) or a_s[1] or c_s[1] \
+            or (mode == 4 and b_s[1] != b_s[2]):
+        return 1
+    most = min(SPLIT_K_MAX, -(-SPLIT_K_BLOCKS // tiles), k // SPLIT_K_MIN)
+    if mode & 4:        # K is the window: any number of parts, the last one shorter
+        return max(1, most)
+    return next((p for p in range(most, 1, -1) if k % p == 0), 1)   # equal parts of K
+
+
+def _split_k(a, b, c, off, cnt, fam, grid, parts, *, mode, m, n, k, a_s, b_s, rows, cols):
+    """``c`` (one group) = the sum over ``parts`` parts of K, each a group of one launch."""
+    ks = -(-k // parts)
+    a_g, a_o, a_rs, a_cs = a_s
+    b_g, b_o, b_rs, b_cs = b_s
+    if mode & 4:        # part s: window positions [s * ks, s * ks + ks) of the group's count
+        start = torch.arange(parts, device=off.device, dtype=off.dtype) * ks
+        off_p, cnt_p = (off + start).contiguous(), (cnt - start).clamp(0, ks).contiguous()
+        b_step = 0      # B's K axis is the window axis: the part's offset moves it
+    else:
+        off_p, cnt_p = off.expand(parts).contiguous(), cnt.expand(parts).contiguous()
+        b_step = ks * b_rs
+    part = torch.zeros(parts, rows, cols, dtype=c.dtype, device=c.device)
+    args = [a, b, part, off_p, cnt_p, *map(np.int32, (mode, m, n, ks)),
+            *map(np.int64, (ks * a_cs, a_o, a_rs, a_cs, b_step, b_o, b_rs, b_cs,
+                            rows * cols, 0, cols, 1))]
+    _launch(fam.module, fam.gemm + fam.suffix, (grid[0], grid[1], parts), fam.block, args)
+    torch.sum(part, 0, keepdim=True, out=c)
 
 
 # ---------------------------------------------------------------- cuBLAS pointer arrays
