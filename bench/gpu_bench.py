@@ -82,19 +82,22 @@ def variant_kernels(variant: str):
 
 @contextlib.contextmanager
 def kernel_choice(cu, variant: str):
-    """The CUDA backend's GEMM_KERNEL / DW_KERNEL set to the pair ``variant`` names, while its
-    steps run (graphs capture the kernels chosen at capture time; the generator reads them at
-    every step)."""
+    """The CUDA backend's GEMM_KERNEL / DW_KERNEL set to the pair ``variant`` names (a third field
+    ``nosplit`` turns split K off), while its steps run (graphs capture the kernels chosen at
+    capture time; the generator reads them at every step)."""
     pair = variant_kernels(variant)
     if pair is None or not hasattr(cu, "GEMM_KERNEL"):
         yield
         return
-    saved = cu.GEMM_KERNEL, cu.DW_KERNEL
-    cu.GEMM_KERNEL, cu.DW_KERNEL = pair.split("+")
+    gemm, dw, *flags = pair.split("+")
+    saved = cu.GEMM_KERNEL, cu.DW_KERNEL, cu.SPLIT_K_BLOCKS
+    cu.GEMM_KERNEL, cu.DW_KERNEL = gemm, dw
+    if "nosplit" in flags:      # one-group GEMMs as one launch each (split K off)
+        cu.SPLIT_K_BLOCKS = 0
     try:
         yield
     finally:
-        cu.GEMM_KERNEL, cu.DW_KERNEL = saved
+        cu.GEMM_KERNEL, cu.DW_KERNEL, cu.SPLIT_K_BLOCKS = saved
 
 
 def time_ms(fn, device, reps) -> tuple[float, str]:
@@ -303,8 +306,9 @@ def main(argv=None):
     ap.add_argument("--micro-kernels", help="comma-separated GEMM_KERNEL choices the micro "
                     "benchmark times (default: all)")
     ap.add_argument("--e2e-kernels", help="comma-separated GEMM+DW kernel pairs (e.g. "
-                    "tensor+tiles,cublas+cublas): one compacted training variant each, side by "
-                    "side (default: one, the backend's choice)")
+                    "tensor+tiles,tensor+tiles+nosplit,cublas+cublas; +nosplit: split K off): "
+                    "one compacted training variant each, side by side (default: one, the "
+                    "backend's choice)")
     ap.add_argument("--variants", help="comma-separated training variants to run (stock, dense, "
                     "compact, dense+graphs, compact+graphs; default: all)")
     ap.add_argument("--precisions", default="fp32,fp16", help="comma-separated (fp32, fp16)")
@@ -333,10 +337,11 @@ def main(argv=None):
         sizes = {"default": sizes["default"]}
     pairs = args.e2e_kernels.split(",") if args.e2e_kernels else None
     for pair in pairs or []:
-        g, _, d = pair.partition("+")
-        if device == "cuda" and (g not in cu.GEMM_KERNELS or d not in cu.DW_KERNELS):
-            ap.error(f"--e2e-kernels: {pair!r} is not GEMM+DW of {cu.GEMM_KERNELS} x "
-                     f"{cu.DW_KERNELS}")
+        g, d, *flags = pair.split("+") + [""]
+        if device == "cuda" and (g not in cu.GEMM_KERNELS or d not in cu.DW_KERNELS
+                                 or flags[:1] not in ([""], ["nosplit"])):
+            ap.error(f"--e2e-kernels: {pair!r} is not GEMM+DW[+nosplit] of {cu.GEMM_KERNELS} "
+                     f"x {cu.DW_KERNELS}")
     variants = e2e_variants(backend, with_graphs=device == "cuda" and not args.no_graphs,
                             kernels=pairs, keep=args.variants and args.variants.split(","))
     around = lambda name: kernel_choice(cu, name)  # noqa: E731

@@ -7,9 +7,9 @@
 # gpu-bench-micro.log (the six GEMMs): 5 files, within what a device call brings back. Commit
 # the JSON under bench/results/. Each stage has a limit (s): TESTS_S (90), KERNEL_TESTS_S (50,
 # twice; a test step stopped at its limit is interrupted, so pytest still prints which failed),
-# E2E_S (150), MICRO_S (90). E2E_KERNELS (tensor+tiles,cublas+cublas): the kernel pairs the
-# training runs compare side by side; MICRO_KERNELS (cublas,tensor,wide): the GEMM kernels the
-# micro rows time.
+# E2E_S (180), MICRO_S (60). E2E_KERNELS (tensor+tiles,tensor+tiles+nosplit,cublas+cublas): the
+# kernel pairs the training runs compare side by side (+nosplit: split K off); MICRO_KERNELS
+# (cublas,tensor,wide): the GEMM kernels the micro rows time.
 set -uo pipefail
 OUT=${OUT:-bench/results}
 mkdir -p "$OUT"
@@ -38,13 +38,13 @@ for family in "(simt or tiled or tensor or wide) and not cublas" "cublas"; do
 done
 # 3. training: stock, dense and compacted with each kernel pair, under CUDA graphs, interleaved
 stamp "3. training runs"
-timeout "${E2E_S:-150}" python3 bench/gpu_bench.py --out "$OUT/e2e" --no-micro --steps 20 \
-    --e2e-kernels "${E2E_KERNELS:-tensor+tiles,cublas+cublas}" \
+timeout "${E2E_S:-180}" python3 bench/gpu_bench.py --out "$OUT/e2e" --no-micro --steps 20 \
+    --e2e-kernels "${E2E_KERNELS:-tensor+tiles,tensor+tiles+nosplit,cublas+cublas}" \
     --variants "${E2E_VARIANTS:-stock,dense+graphs,compact+graphs}" 2>&1 \
     | tee "$OUT/gpu-bench-e2e.log"
 # 4. the six grouped GEMMs of each kernel choice against cuBLAS on the dense shapes
 stamp "4. micro rows"
-timeout "${MICRO_S:-90}" python3 bench/gpu_bench.py --out "$OUT/micro" --no-e2e \
+timeout "${MICRO_S:-60}" python3 bench/gpu_bench.py --out "$OUT/micro" --no-e2e \
     --micro-reps 10 --micro-kernels "${MICRO_KERNELS:-cublas,tensor,wide}" 2>&1 \
     | tee "$OUT/gpu-bench-micro.log"
 stamp "done"

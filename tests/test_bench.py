@@ -75,9 +75,14 @@ def test_gpu_bench_compares_kernel_pairs_side_by_side(tmp_path, monkeypatch):
                               "sdrop_compact@cublas+cublas+graphs"]
     assert gpu_bench.row_name("sdrop_compact@cublas+cublas+graphs") == "compact+graphs"
     before = cupy_backend.GEMM_KERNEL, cupy_backend.DW_KERNEL
+    split = cupy_backend.SPLIT_K_BLOCKS
     with gpu_bench.kernel_choice(cupy_backend, "sdrop_compact@cublas+atomic+graphs"):
         assert (cupy_backend.GEMM_KERNEL, cupy_backend.DW_KERNEL) == ("cublas", "atomic")
+        assert cupy_backend.SPLIT_K_BLOCKS == split
+    with gpu_bench.kernel_choice(cupy_backend, "sdrop_compact@tensor+tiles+nosplit+graphs"):
+        assert (cupy_backend.GEMM_KERNEL, cupy_backend.SPLIT_K_BLOCKS) == ("tensor", 0)
     assert (cupy_backend.GEMM_KERNEL, cupy_backend.DW_KERNEL) == before
+    assert cupy_backend.SPLIT_K_BLOCKS == split
     seen = []
     monkeypatch.setattr(gpu_bench, "kernel_choice",
                         lambda cu, name: (seen.append(name), gpu_bench.contextlib.nullcontext())[1])
