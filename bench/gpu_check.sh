@@ -7,7 +7,7 @@
 # gpu-bench-micro.log (the six GEMMs): 5 files, within what a device call brings back. Commit
 # the JSON under bench/results/. Each stage has a limit (s): TESTS_S (90), KERNEL_TESTS_S (50,
 # twice; a test step stopped at its limit is interrupted, so pytest still prints which failed),
-# E2E_S (180), MICRO_S (60). E2E_KERNELS (tensor+tiles,tensor+tiles+nosplit,cublas+cublas): the
+# E2E_S (180), MICRO_S (60). E2E_KERNELS (tensor+cublas,tensor+cublas+nosplit,cublas+cublas): the
 # kernel pairs the training runs compare side by side (+nosplit: split K off); MICRO_KERNELS
 # (cublas,tensor,wide): the GEMM kernels the micro rows time.
 set -uo pipefail
@@ -17,7 +17,7 @@ t0=$(date +%s)
 stamp() { echo "=== [$(( $(date +%s) - t0 )) s] $* ===" | tee -a "$OUT/gpu-tests.log"; }
 source bench/gpu_env.sh || exit 1
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$OUT/gpu-tests.log"
-# 1. the default kernels (tensor / tiles) against the torch backend, the ops against the dense
+# 1. the default kernels (tensor / cublas) against the torch backend, the ops against the dense
 #    reference, device checks and graphs (the real capture with our kernels and with cuBLAS);
 #    test_cuda's CPU-only checks (emulated launches, the kernels' code on the CPU, nvcc) ran on
 #    the CPU machines already and are left out here (nvcc alone took 40 s of an H100 run)
@@ -39,7 +39,7 @@ done
 # 3. training: stock, dense and compacted with each kernel pair, under CUDA graphs, interleaved
 stamp "3. training runs"
 timeout "${E2E_S:-180}" python3 bench/gpu_bench.py --out "$OUT/e2e" --no-micro --steps 20 \
-    --e2e-kernels "${E2E_KERNELS:-tensor+tiles,tensor+tiles+nosplit,cublas+cublas}" \
+    --e2e-kernels "${E2E_KERNELS:-tensor+cublas,tensor+cublas+nosplit,cublas+cublas}" \
     --variants "${E2E_VARIANTS:-stock,dense+graphs,compact+graphs}" 2>&1 \
     | tee "$OUT/gpu-bench-e2e.log"
 # 4. the six grouped GEMMs of each kernel choice against cuBLAS on the dense shapes

@@ -380,7 +380,7 @@ def test_kernel_defaults_and_environment():
     env = {k: v for k, v in __import__("os").environ.items() if not k.startswith("SDROP_")}
     run = lambda **e: subprocess.run([sys.executable, "-c", code], env={**env, **e},  # noqa
                                      capture_output=True, text=True, timeout=120)
-    assert run().stdout.split() == ["tensor", "tiles"]
+    assert run().stdout.split() == ["tensor", "cublas"]
     assert run(SDROP_GEMM_KERNEL="simt", SDROP_DW_KERNEL="atomic").stdout.split() == \
         ["simt", "atomic"]
     bad = run(SDROP_GEMM_KERNEL="fast")

@@ -87,7 +87,8 @@ def test_graphs_off_by_default_until_validated_and_refused_in_one_line(caplog):
     assert lines == ["sdrop: CUDA graphs off, eager steps instead: the model is not on a GPU"]
 
 
-@pytest.fixture(params=[("tensor", "tiles"), ("cublas", "cublas")], ids="+".join)
+@pytest.fixture(params=[("tensor", "cublas"), ("tensor", "tiles"), ("cublas", "cublas")],
+                ids="+".join)
 def gpu_kernels(request, monkeypatch):
     """The CUDA backend's kernel choices a real capture is checked with: our own kernels, and
     cuBLAS through torch's handle."""

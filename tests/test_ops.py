@@ -354,6 +354,33 @@ def test_torch_backend_reads_and_writes_each_window_as_one_block():
     assert torch_backend.permute_weight(w.t(), m, 0).ext.is_contiguous()   # producer: rows
 
 
+@pytest.mark.parametrize("shape", [(7, 1100), (1100, 7), (512, 512)])
+def test_transpose_copy_in_blocks(shape, monkeypatch):
+    """The blocked transposing copy equals ``copy_(src.t())``, ragged last block included."""
+    from onmt_sdrop.ops import common
+
+    monkeypatch.setattr(common, "TRANSPOSE_BLOCK", 256)
+    src = torch.randn(shape[::-1])
+    dst = torch.empty(shape)
+    assert common.transpose_copy(dst, src) is dst
+    assert torch.equal(dst, src.t())
+
+
+def test_window_major_weight_gradient_is_handed_to_grad_as_is():
+    """The window-major weight's gradient comes back contiguous, so autograd stores it in .grad
+    without another (transposing) copy; its values are the plain masked gradient's."""
+    torch.manual_seed(0)
+    m = sample_step_mask(5, 12, 0.3)
+    w = torch.randn(7, 12, requires_grad=True)
+    ww = torch_backend.permute_weight(w, m, 1)
+    x = torch.randn(5, 3, 12)
+    y = torch_backend.compact_matmul(torch_backend.gather(x, m), ww, m)
+    grad = torch.autograd.grad(y.sum(), w)[0]
+    assert grad.is_contiguous()
+    want = torch.einsum("gbn,gbh->nh", torch.ones(5, 3, 7), x * m.dense()[:, None, :])
+    torch.testing.assert_close(grad, want)
+
+
 def test_auto_picks_the_cuda_kernels_on_a_gpu(monkeypatch):
     """The CUDA backend is validated: "auto" takes it wherever a GPU and CuPy are, else torch."""
     import onmt_sdrop.ops as ops_pkg

@@ -130,6 +130,26 @@ def output_buffer(like: torch.Tensor, shape, strides) -> torch.Tensor:
     return like.new_empty(0).set_(buf.untyped_storage(), 0, shape, strides)
 
 
+TRANSPOSE_BLOCK = 512
+
+
+def transpose_copy(dst: torch.Tensor, src: torch.Tensor) -> torch.Tensor:
+    """``dst.copy_(src.t())`` (both 2-D, contiguous) in blocks of :data:`TRANSPOSE_BLOCK` along
+    the longer side: each block's reads and writes stay in the CPU's caches, where one whole
+    transposing copy of the generator's 10,000 x 500 weight strides through memory (on this
+    project's 2-core machine 19 ms against 14 for the blocks; its gradient's, with the inverse
+    permutation before it, 17 against 9)."""
+    rows, cols = dst.shape
+    b = TRANSPOSE_BLOCK
+    if cols >= rows:
+        for j in range(0, cols, b):
+            dst[:, j:j + b].copy_(src[j:j + b].t())
+    else:
+        for j in range(0, rows, b):
+            dst[j:j + b].copy_(src[:, j:j + b].t())
+    return dst
+
+
 class WindowedWeight:
     """A weight with one axis in extended permuted order (``H + kmax`` long), for one batch.
 
@@ -151,7 +171,7 @@ class WindowedWeight:
         self.weight = w
         if self.window_major:
             w_t = reusable_buffer(w, "t", w.shape[::-1], w.dtype,
-                                  lambda buf: buf.copy_(w.detach().t()))
+                                  lambda buf: transpose_copy(buf, w.detach()))
             self.ext = reusable_buffer(w, "ext", (len(self.index), w_t.shape[1]), w.dtype,
                                        lambda buf: torch.index_select(w_t, 0, self.index,
                                                                       out=buf).t())
@@ -189,7 +209,10 @@ class WindowedWeight:
             dw_t = reusable_buffer(self.weight, "grad_t", shape[::-1], by_row.dtype,
                                    lambda buf: torch.index_select(by_row[:units], 0, self.inverse,
                                                                   out=buf))
-            return dw_t.t().to(dtype)
+            # a fresh contiguous gradient, which autograd hands to .grad as it is, instead of a
+            # transposed view it would copy (one whole transposing copy)
+            return transpose_copy(torch.empty(shape, dtype=by_row.dtype, device=by_row.device),
+                                  dw_t).to(dtype)
         dw = torch.zeros(shape, dtype=dtype, device=grad.device)
         return dw.index_add_(self.dim, self.index, grad.to(dtype))
 

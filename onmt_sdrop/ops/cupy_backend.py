@@ -96,17 +96,20 @@ def _windows(mask: StepMask, device):
 # the dropped units), but cuBLAS's speed; atomic-free, deterministic, captured by graphs.
 # On an H200 (bench/results/logs/gpu-tests-2026-11-27.log) every choice of 2026-11-27 passed its
 # GPU tests ("wide", the ctypes cuBLAS transport and DW_KERNEL "cublas" came later);
-# CPU machines check them through tests/kernel_emulator.py and tests/cuda_host.cpp. The default,
-# "tensor" + "tiles", was the fastest capturable pair at every size and precision timed there
-# (bench/results/gpu-2026-11-27.json): the six GEMMs took 0.77x (default size, fp32) to 0.23x
-# (1024/256, fp16) of "simt" + "atomic"'s time; cuBLAS sgemmBatched (through CuPy then, which
-# no graph could capture) was faster still for the large fp32 forward and dX.
+# CPU machines check them through tests/kernel_emulator.py and tests/cuda_host.cpp. The default
+# GEMM_KERNEL, "tensor", was the fastest capturable choice at every size and precision timed there
+# (bench/results/gpu-2026-11-27.json; cuBLAS sgemmBatched, through CuPy then, which no graph
+# could capture, was faster still for the large fp32 forward and dX). The default DW_KERNEL,
+# "cublas", beat "tiles" on an H100 in fp32 (generator dW 0.92x of dense against 0.79x,
+# attention output dW 0.65x against 0.37x; bench/results/gpu-2026-11-28-h100-micro.json) and
+# passed the GPU tests with every GEMM family in fp32, fp16 and bf16; its fp16 speed is not
+# measured yet.
 # The environment variables SDROP_GEMM_KERNEL / SDROP_DW_KERNEL set them for a whole run (e.g.
 # onmt_train) without code.
 GEMM_KERNELS = ("simt", "tiled", "wide", "tensor", "cublas")
 DW_KERNELS = ("atomic", "tiles", "cublas")
 GEMM_KERNEL = os.environ.get("SDROP_GEMM_KERNEL", "tensor")
-DW_KERNEL = os.environ.get("SDROP_DW_KERNEL", "tiles")
+DW_KERNEL = os.environ.get("SDROP_DW_KERNEL", "cublas")
 if GEMM_KERNEL not in GEMM_KERNELS or DW_KERNEL not in DW_KERNELS:
     raise ValueError(f"SDROP_GEMM_KERNEL must be one of {GEMM_KERNELS} and SDROP_DW_KERNEL one "
                      f"of {DW_KERNELS}, got {GEMM_KERNEL!r}, {DW_KERNEL!r}")
