@@ -145,14 +145,23 @@ class StepMask:
             return inverse.scatter_(0, self.perm, torch.arange(self.size, device=self.device))
         return self._cached(("inverse",), make)
 
+    def window_positions(self) -> torch.Tensor:
+        """(G, kmax) position in ``perm`` of each compact column: ``(offsets[g] + j) % size``."""
+        def make():
+            if self._parent is not None:
+                parent, sl = self._parent
+                return parent.window_positions()[sl]
+            j = torch.arange(self.kmax, device=self.device)
+            return (self.offsets[:, None] + j[None, :]) % self.size
+        return self._cached(("positions",), make)
+
     def window_index(self) -> torch.Tensor:
         """(G, kmax) unit index of each compact column; columns past ``counts[g]`` are dropped units."""
         def make():
             if self._parent is not None:
                 parent, sl = self._parent
                 return parent.window_index()[sl]
-            j = torch.arange(self.kmax, device=self.device)
-            return self.perm[(self.offsets[:, None] + j[None, :]) % self.size]
+            return self.perm[self.window_positions()]
         return self._cached(("index",), make)
 
     def column_weight(self, dtype=torch.float32) -> torch.Tensor:

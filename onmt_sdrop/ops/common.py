@@ -130,6 +130,15 @@ def output_buffer(like: torch.Tensor, shape, strides) -> torch.Tensor:
     return like.new_empty(0).set_(buf.untyped_storage(), 0, shape, strides)
 
 
+def accumulate_mm(dw: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
+    """``dw += a @ b``; under autocast ``a, b`` are half and the gradient buffer stays float32
+    (the product accumulated in float by the GEMM, rounded once)."""
+    if dw.dtype == a.dtype:
+        dw.addmm_(a, b)
+    else:
+        dw.add_(a @ b)
+
+
 TRANSPOSE_BLOCK = 512
 
 

@@ -22,8 +22,8 @@ from torch.autograd import Function
 
 from ..masks import StepMask
 from .amp import autocast_op
-from .common import (consumer, gather, new_output, permute_weight, producer,  # noqa: F401
-                     scatter)
+from .common import (accumulate_mm, consumer, gather, new_output, permute_weight,  # noqa: F401
+                     producer, scatter)
 
 KERNELS = Path(__file__).resolve().parents[1] / "kernels"
 TILE, ROWS_PER_THREAD = 32, 8
@@ -220,8 +220,8 @@ def _k_parts(grid, mode, k, a_s, b_s, c_s) -> int:
 def _split_k(a, b, c, off, cnt, fam, grid, parts, *, mode, m, n, k, a_s, b_s, rows, cols):
     """``c`` (one group) = the sum over ``parts`` parts of K, each a group of one launch."""
     ks = -(-k // parts)
-    a_g, a_o, a_rs, a_cs = a_s
-    b_g, b_o, b_rs, b_cs = b_s
+    _, a_o, a_rs, a_cs = a_s
+    _, b_o, b_rs, b_cs = b_s
     if mode & 4:        # part s: window positions [s * ks, s * ks + ks) of the group's count
         start = torch.arange(parts, device=off.device, dtype=off.dtype) * ks
         off_p, cnt_p = (off + start).contiguous(), (cnt - start).clamp(0, ks).contiguous()
@@ -385,24 +385,16 @@ def _spread(xc, mask: StepMask) -> torch.Tensor:
     group ``g`` at ``(offsets[g] + j) % H``, zeros at the dropped units and for padding columns
     (``kmax <= H``, so one group's positions are distinct)."""
     g, b, kmax = xc.shape
-    off, cnt = _windows(mask, xc.device)
-    j = torch.arange(kmax, device=xc.device)
-    pos = ((off[:, None] + j) % mask.size)[:, None, :].expand(g, b, kmax)
-    kept = (j < cnt[:, None]).to(xc.dtype)[:, None, :]
+    _, cnt = _windows(mask, xc.device)
+    kept = (torch.arange(kmax, device=xc.device) < cnt[:, None]).to(xc.dtype)[:, None, :]
+    pos = mask.window_positions()[:, None, :].expand(g, b, kmax)
     return xc.new_zeros(g, b, mask.size).scatter_(2, pos, xc * kept).view(g * b, mask.size)
-
-
-def _dense_dw(dw, a, b) -> None:
-    """``dw += a @ b`` by cuBLAS (through torch), float32 ``dw``, float accumulation."""
-    if a.dtype == dw.dtype:
-        dw.addmm_(a, b)
-    else:   # fp16 / bf16: cuBLAS accumulates in float, one rounding of the product
-        dw += (a @ b).to(dw.dtype)
 
 
 def consumer_dw(dy, xc, mask: StepMask, dw) -> None:
     if DW_KERNEL == "cublas":
-        return _dense_dw(dw[:, :mask.size], dy.reshape(-1, dy.shape[2]).t(), _spread(xc, mask))
+        return accumulate_mm(dw[:, :mask.size], dy.reshape(-1, dy.shape[2]).t(),
+                             _spread(xc, mask))
     if DW_KERNEL == "tiles":
         return _window_dw(xc, dy, dw, mask, u_len=dw.shape[1], v_len=dw.shape[0],
                           dw_u=dw.stride(1), dw_v=dw.stride(0))
@@ -436,7 +428,7 @@ def producer_dx(dyc, w, mask: StepMask):
 
 def producer_dw(dyc, x, mask: StepMask, dw) -> None:
     if DW_KERNEL == "cublas":
-        return _dense_dw(dw[:mask.size], _spread(dyc, mask).t(), x.reshape(-1, x.shape[2]))
+        return accumulate_mm(dw[:mask.size], _spread(dyc, mask).t(), x.reshape(-1, x.shape[2]))
     if DW_KERNEL == "tiles":
         return _window_dw(dyc, x, dw, mask, u_len=dw.shape[0], v_len=dw.shape[1],
                           dw_u=dw.stride(0), dw_v=dw.stride(1))

@@ -17,7 +17,8 @@ from torch.autograd import Function
 from ..masks import StepMask
 from .amp import autocast_op
 from . import common
-from .common import (WindowedWeight, consumer, new_output, producer, scatter)
+from .common import WindowedWeight, consumer, new_output, producer, scatter
+from .common import accumulate_mm as _accumulate
 from .common import permute_weight_window_major as permute_weight
 
 
@@ -59,14 +60,6 @@ def _mm_into(dst: torch.Tensor, gs, k: int, a: torch.Tensor, b: torch.Tensor,
         dst[gs, :, :k] = a @ b
     else:
         dst[gs, :, :k] = (a @ b).view(len(gs), dst.shape[1], k)
-
-
-def _accumulate(dw: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
-    """``dw += a @ b``; under autocast ``a, b`` are half and the gradient buffer stays float32."""
-    if dw.dtype == a.dtype:
-        dw.addmm_(a, b)
-    else:
-        dw.add_(a @ b)
 
 
 # On a CPU, MKL's GEMMs of one step (B rows, a few dozen) are shaped by measured choices
