@@ -49,12 +49,15 @@ def e2e_variants(backend: str, with_graphs: bool, kernels=None, keep=None) -> di
     """stock / sdrop dense / sdrop compacted with ``backend``, as options for the model builder;
     with ``with_graphs`` also dense and compacted under CUDA graphs (-sdrop_cuda_graphs 1).
     ``kernels``: GEMM+DW kernel pairs of the CUDA backend, one compacted variant each (named
-    ``sdrop_compact@tensor+tiles``; see :func:`kernel_choice`). ``keep``: the variants to keep, by
-    their row names (stock, dense, compact, dense+graphs, compact+graphs)."""
+    ``sdrop_compact@tensor+tiles``; see :func:`kernel_choice`; a flag ``alignN`` trains it with
+    ``-sdrop_window_align N``). ``keep``: the variants to keep, by their row names (stock, dense,
+    compact, dense+graphs, compact+graphs)."""
     variants = {k: v for k, v in cpu_bench.VARIANTS.items() if k != "sdrop_compact_m4"}
     compact = variants.pop("sdrop_compact")[:-1] + [backend]
     for pair in kernels or [None]:
-        variants["sdrop_compact" + (f"@{pair}" if pair else "")] = compact
+        align = [f[5:] for f in (pair or "").split("+") if f.startswith("align")]
+        variants["sdrop_compact" + (f"@{pair}" if pair else "")] = compact + (
+            ["-sdrop_window_align", align[0]] if align else [])
     if with_graphs:
         for name in list(variants):
             if name != "stock":
@@ -179,16 +182,17 @@ def gemm_cases(ops, m, x, w_c, dy, xp, w_p, dyp):
 
 
 def micro(cu, device, *, size, precision, hidden, batch, steps, vocab, p=0.3, reps=10,
-          kernels=None):
+          kernels=None, align=1):
     """Rows for the six grouped GEMMs, for every kernel choice of the backend (field "kernel":
     GEMM_KERNEL, or GEMM_KERNEL+DW_KERNEL on the weight-gradient rows; "runs": the kernels one
     call launched), on a GPU also the torch backend's per-step cuBLAS GEMMs (kernel "torch": a
     graph of them is possible here because the mask stays fixed), each against cuBLAS on the
-    dense shape, and the weight permutation."""
+    dense shape, and the weight permutation. ``align``: the masks' window alignment
+    (``-sdrop_window_align``; 8 lets cuBLAS take fp16)."""
     from onmt_sdrop.ops import torch_backend
 
     dtype = PRECISIONS[precision]
-    m = sample_step_mask(steps, hidden, p).to(device)
+    m = sample_step_mask(steps, hidden, p, align=align).to(device)
     rnd = lambda *s: torch.randn(*s, device=device, dtype=dtype)  # noqa: E731
     # consumer: the generator (hidden -> vocab); producer: attention output (2 hidden -> hidden)
     x, w_c, dy = rnd(steps, batch, hidden), rnd(vocab, hidden), rnd(steps, batch, vocab)
@@ -226,7 +230,7 @@ def micro(cu, device, *, size, precision, hidden, batch, steps, vocab, p=0.3, re
                     continue
                 d_ms, how_d = dense[gemm]
                 rows.append({"gemm": gemm, "part": gemm.split("_")[1], "size": size,
-                             "precision": precision, "p": p,
+                             "precision": precision, "p": p, "align": align,
                              "kernel": f"{gemm_kernel}+{dw_kernel}" if is_dw and switched
                              else gemm_kernel,
                              "runs": runs, "dense_ms": round(d_ms, 4),
@@ -306,11 +310,14 @@ def main(argv=None):
     ap.add_argument("--micro-kernels", help="comma-separated GEMM_KERNEL choices the micro "
                     "benchmark times (default: all)")
     ap.add_argument("--e2e-kernels", help="comma-separated GEMM+DW kernel pairs (e.g. "
-                    "tensor+tiles,tensor+tiles+nosplit,cublas+cublas; +nosplit: split K off): "
+                    "tensor+tiles,tensor+tiles+nosplit,cublas+cublas+align8; +nosplit: split K "
+                    "off; +alignN: -sdrop_window_align N): "
                     "one compacted training variant each, side by side (default: one, the "
                     "backend's choice)")
     ap.add_argument("--variants", help="comma-separated training variants to run (stock, dense, "
                     "compact, dense+graphs, compact+graphs; default: all)")
+    ap.add_argument("--micro-align", type=int, default=1, help="window alignment of the micro "
+                    "rows' masks (-sdrop_window_align; 8: cuBLAS can take fp16)")
     ap.add_argument("--precisions", default="fp32,fp16", help="comma-separated (fp32, fp16)")
     ap.add_argument("--sizes", default="default,large", help="comma-separated (default, large)")
     args = ap.parse_args(argv)
@@ -337,11 +344,13 @@ def main(argv=None):
         sizes = {"default": sizes["default"]}
     pairs = args.e2e_kernels.split(",") if args.e2e_kernels else None
     for pair in pairs or []:
-        g, d, *flags = pair.split("+") + [""]
-        if device == "cuda" and (g not in cu.GEMM_KERNELS or d not in cu.DW_KERNELS
-                                 or flags[:1] not in ([""], ["nosplit"])):
-            ap.error(f"--e2e-kernels: {pair!r} is not GEMM+DW[+nosplit] of {cu.GEMM_KERNELS} "
-                     f"x {cu.DW_KERNELS}")
+        g, d, *flags = pair.split("+")
+        bad_flag = any(f != "nosplit" and not (f.startswith("align") and f[5:].isdigit()
+                                               and int(f[5:]) >= 1) for f in flags)
+        if bad_flag or (device == "cuda" and (g not in cu.GEMM_KERNELS
+                                              or d not in cu.DW_KERNELS)):
+            ap.error(f"--e2e-kernels: {pair!r} is not GEMM+DW[+nosplit][+alignN] of "
+                     f"{getattr(cu, 'GEMM_KERNELS', '?')} x {getattr(cu, 'DW_KERNELS', '?')}")
     variants = e2e_variants(backend, with_graphs=device == "cuda" and not args.no_graphs,
                             kernels=pairs, keep=args.variants and args.variants.split(","))
     around = lambda name: kernel_choice(cu, name)  # noqa: E731
@@ -387,7 +396,7 @@ def main(argv=None):
         for precision in precisions:
             result["micro"] += micro(cu, device, size=size, precision=precision, steps=30,
                                      vocab=base["vocab"], reps=reps, kernels=micro_kernels,
-                                     **dims)
+                                     align=args.micro_align, **dims)
             save(f"micro {size} {precision}")
     print(json.dumps([(r["size"], r["precision"], r["variant"], r["tok_s"])
                       for r in result["results"]]))

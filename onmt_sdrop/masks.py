@@ -52,7 +52,10 @@ class StepMask:
     scale:   (G,) float, the inverse keep rate applied to kept units
     windows: the (offset, count) of each group as Python ints. Masks are drawn on the host, so
              sampling records them for free; backends plan their GEMMs from them without ever
-             reading a device tensor back (no host sync in forward or backward).
+             reading a device tensor back (no host sync in forward or backward). Under CUDA
+             graphs the device tensors are refilled and the offsets here go stale: a plan that
+             must hold for every refill reads ``align``, not the offsets.
+    align:   every offset is a multiple of it, in this mask and in every refill of its buffer
 
     The index tensors the ops need (:meth:`window_index`, :meth:`column_weight`, the groups that
     share a window) are made once per mask, on the mask's device, and sliced for a single step.
@@ -65,6 +68,7 @@ class StepMask:
     size: int
     kmax: int
     windows: tuple = None
+    align: int = 1
 
     def __post_init__(self):
         if self.windows is None:   # a mask built by hand (tests): read its windows once
@@ -86,7 +90,7 @@ class StepMask:
         device = torch.device(device)
         if device.type != "cuda" or self.perm.device.type != "cpu":
             return StepMask(self.perm.to(device), self.offsets.to(device), self.counts.to(device),
-                            self.scale.to(device), self.size, self.kmax, self.windows)
+                            self.scale.to(device), self.size, self.kmax, self.windows, self.align)
         return self.packed_to(device)
 
     def packed_to(self, device) -> "StepMask":
@@ -107,7 +111,7 @@ class StepMask:
         h, g = self.size, self.groups
         m = StepMask(buffer[:h], buffer[h:h + g], buffer[h + g:h + 2 * g],
                      buffer[h + 2 * g:h + 3 * g].view(torch.float64), self.size, self.kmax,
-                     self.windows)
+                     self.windows, self.align)
         m.buffer = buffer
         return m
 
@@ -121,7 +125,7 @@ class StepMask:
         are slices of this mask's (made once for all steps)."""
         sl = slice(g, g + 1) if isinstance(g, int) else g
         sub = StepMask(self.perm, self.offsets[sl], self.counts[sl], self.scale[sl], self.size,
-                       self.kmax, self.windows[sl])
+                       self.kmax, self.windows[sl], self.align)
         sub._parent = (self, sl)
         return sub
 
@@ -132,7 +136,8 @@ class StepMask:
         assert all(m.perm is first.perm for m in masks), "masks of different batches"
         return StepMask(first.perm, torch.cat([m.offsets for m in masks]),
                         torch.cat([m.counts for m in masks]), torch.cat([m.scale for m in masks]),
-                        first.size, first.kmax, sum((m.windows for m in masks), ()))
+                        first.size, first.kmax, sum((m.windows for m in masks), ()),
+                        min(m.align for m in masks))
 
     def ext_perm(self) -> torch.Tensor:
         """``perm`` followed by its first ``kmax`` entries: every window is a contiguous slice."""
@@ -197,7 +202,7 @@ class StepMask:
 
 
 def sample_step_mask(groups: int, size: int, p: float, *, count: str = "fixed",
-                     fixed: bool = False, distinct: int = 0,
+                     fixed: bool = False, distinct: int = 0, align: int = 1,
                      generator: torch.Generator | None = None) -> StepMask:
     """Draw a :class:`StepMask` for ``groups`` time steps of a ``size``-wide activation.
 
@@ -207,6 +212,14 @@ def sample_step_mask(groups: int, size: int, p: float, *, count: str = "fixed",
     units at every step (the "fixed" pattern). ``distinct=R > 0`` draws R masks and gives each step
     one of them at random (uniformly, independently per step): each step's mask is still a uniform
     random subset, but steps that share a mask can share one GEMM on backends that batch them.
+
+    ``align=s > 1`` starts every window at a multiple of ``s`` and pads the compact width
+    ``kmax`` to a multiple of ``s`` (at most ``size``; the padding columns are zeros, each step
+    still keeps its count): every step's compact columns then start on an ``s``-element boundary
+    of the permuted weight, which tensor-core GEMM libraries need (cuBLAS: 16 bytes, ``s = 8``
+    in fp16). Each step's kept set is still a uniformly random subset and every unit is kept
+    with the same probability, because ``perm`` is uniform; what changes is how the sets of two
+    steps overlap (README "Aligned windows").
     """
     if not 0.0 <= p < 1.0:
         raise ValueError(f"dropout rate must be in [0, 1), got {p}")
@@ -214,9 +227,11 @@ def sample_step_mask(groups: int, size: int, p: float, *, count: str = "fixed",
         raise ValueError(f"count must be one of {COUNTS}, got {count!r}")
     if distinct < 0:
         raise ValueError(f"distinct must be >= 0, got {distinct}")
+    if align < 1:
+        raise ValueError(f"align must be >= 1, got {align}")
     perm = torch.randperm(size, generator=generator)
     n_off = 1 if fixed else (min(distinct, groups) if distinct else groups)
-    offsets = torch.randint(0, size, (n_off,), generator=generator)
+    offsets = torch.randint(0, -(-size // align), (n_off,), generator=generator) * align
     if count == "fixed":
         k = kept_count(size, p)
         counts = torch.full((n_off,), k, dtype=torch.long)
@@ -233,8 +248,10 @@ def sample_step_mask(groups: int, size: int, p: float, *, count: str = "fixed",
     else:
         pick = torch.randint(0, n_off, (groups,), generator=generator)
     offsets, counts = offsets[pick], counts[pick]
-    return StepMask(perm, offsets, counts, scale[pick], size, max(int(counts.max()), 1),
-                    tuple(zip(offsets.tolist(), counts.tolist())))
+    # padding past a window must be dropped units: kmax <= size keeps it off the window itself
+    kmax = min(-(-max(int(counts.max()), 1) // align) * align, size)
+    return StepMask(perm, offsets, counts, scale[pick], size, kmax,
+                    tuple(zip(offsets.tolist(), counts.tolist())), align)
 
 
 def sample_dense_mask(shape, p: float, pattern: str, *, dtype=torch.float32,

@@ -6,6 +6,8 @@ import json
 import sys
 from pathlib import Path
 
+import pytest
+
 BENCH = Path(__file__).resolve().parents[1] / "bench"
 sys.path.insert(0, str(BENCH))
 
@@ -69,10 +71,14 @@ def test_gpu_bench_compares_kernel_pairs_side_by_side(tmp_path, monkeypatch):
     CUDA backend (and the choice restored after), rows saying which; --variants keeps some."""
     from onmt_sdrop.ops import cupy_backend
 
-    variants = gpu_bench.e2e_variants("cupy", True, kernels=["tensor+tiles", "cublas+cublas"],
+    variants = gpu_bench.e2e_variants("cupy", True,
+                                      kernels=["tensor+tiles", "cublas+cublas+align8"],
                                       keep=["stock", "compact+graphs"])
     assert list(variants) == ["stock", "sdrop_compact@tensor+tiles+graphs",
-                              "sdrop_compact@cublas+cublas+graphs"]
+                              "sdrop_compact@cublas+cublas+align8+graphs"]
+    assert "-sdrop_window_align" not in variants["sdrop_compact@tensor+tiles+graphs"]
+    assert variants["sdrop_compact@cublas+cublas+align8+graphs"][-4:] == [
+        "-sdrop_window_align", "8", "-sdrop_cuda_graphs", "1"]
     assert gpu_bench.row_name("sdrop_compact@cublas+cublas+graphs") == "compact+graphs"
     before = cupy_backend.GEMM_KERNEL, cupy_backend.DW_KERNEL
     split = cupy_backend.SPLIT_K_BLOCKS
@@ -87,11 +93,17 @@ def test_gpu_bench_compares_kernel_pairs_side_by_side(tmp_path, monkeypatch):
     monkeypatch.setattr(gpu_bench, "kernel_choice",
                         lambda cu, name: (seen.append(name), gpu_bench.contextlib.nullcontext())[1])
     gpu_bench.main(["--out", str(tmp_path), "--dry-run", "--steps", "1", "--no-micro",
-                    "--e2e-kernels", "tensor+tiles,cublas+cublas", "--variants", "stock,compact"])
+                    "--e2e-kernels", "tensor+tiles,cublas+cublas+align8",
+                    "--variants", "stock,compact"])
     (out,) = tmp_path.glob("dry-run-*.json")
     rows = json.loads(out.read_text())["results"]
     assert [(r["size"], r["variant"], r["kernels"]) for r in rows] == [
         (s, v, k) for s in ("default", "large") for v, k in (
-            ("stock", None), ("compact", "tensor+tiles"), ("compact", "cublas+cublas"))]
-    assert {"sdrop_compact@tensor+tiles", "sdrop_compact@cublas+cublas"} <= set(seen)
+            ("stock", None), ("compact", "tensor+tiles"), ("compact", "cublas+cublas+align8"))]
+    assert {"sdrop_compact@tensor+tiles", "sdrop_compact@cublas+cublas+align8"} <= set(seen)
+    for bad in ("tensor+tiles+fast", "tensor+tiles+align0", "tensor+tiles+alignx"):
+        with pytest.raises(SystemExit) as stop:
+            gpu_bench.main(["--out", str(tmp_path), "--dry-run", "--no-micro",
+                            "--e2e-kernels", bad])
+        assert stop.value.code == 2
     assert json.loads(out.read_text())["micro"] == []

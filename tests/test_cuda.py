@@ -88,6 +88,7 @@ def _masks(size, groups):
     yield sample_step_mask(groups, size, 0.3)
     yield sample_step_mask(groups, size, 0.5, count="bernoulli")
     yield sample_step_mask(groups, size, 0.3, distinct=2)
+    yield sample_step_mask(groups, size, 0.3, align=8)
     perm = torch.randperm(size)
     yield StepMask(perm, torch.tensor([0, 3, size - 1]), torch.tensor([size, 0, 1]),
                    torch.tensor([1.0, 1.0, float(size)]), size, size)   # all kept, none, one
@@ -303,6 +304,32 @@ def test_emulated_cublas_refuses_half_windows_off_16_bytes():
         kernel_emulator.cublas_batched((ptr(b), ptr(a), ptr(c)), (b, a, c), **{**args, "lda": 9})
 
 
+@pytest.mark.parametrize("dtype,tf32", [(torch.float16, False), (torch.bfloat16, False),
+                                        (torch.float32, True)])
+def test_cublas_takes_half_and_tf32_on_aligned_windows(device, dw_kernel, dtype, tf32, launched,
+                                                       monkeypatch):
+    """GEMM_KERNEL cublas runs fp16, bf16 and TF32 forward and dX through cuBLAS when every matrix
+    is on 16 bytes (``align=8`` windows, widths of whole 16-byte vectors), equal to the torch
+    backend; on windows at any unit it leaves them to the tensor-core kernels."""
+    monkeypatch.setattr(cupy_backend, "GEMM_KERNEL", "cublas")
+    monkeypatch.setattr(cupy_backend, "tf32_allowed", lambda: tf32)
+    suffix = "tf32" if tf32 else cupy_backend.SUFFIXES[dtype]
+    torch.manual_seed(3)
+    for align, want in ((8, ["cublas"] * 4), (1, ["gemm_tc_" + suffix] * 4)):
+        m = sample_step_mask(5, 48, 0.3, align=align)
+        if align == 1:   # offsets on 16 bytes by chance: still not cuBLAS (a graph's refill
+            # keeps the mask's alignment, not these offsets)
+            m = StepMask(m.perm, m.offsets * 0 + 8, m.counts, m.scale, m.size, m.kmax)
+        m = m.to(device)
+        launched.clear()
+        got = _six_gemms(cupy_backend, m, dtype, device, batch=8, out=40, inp=24)
+        fwd_dx = [n for n in launched if "acc" not in n and not n.startswith("window_dw")]
+        assert fwd_dx == want, launched
+        for a, r in zip(got, _six_gemms(torch_backend, m, torch.float32, device, batch=8, out=40,
+                                        inp=24)):
+            assert_close_scaled(a.float(), r.float(), 3e-2)
+
+
 @pytest.fixture(scope="session")
 def host_kernels(tmp_path_factory):
     """kernels/gemm_fast.cu compiled for the CPU (tests/cuda_host.cpp)."""
@@ -451,6 +478,13 @@ def test_gpu_bench_micro_times_every_kernel_choice(monkeypatch):
     rows = gpu_bench.micro(cupy_backend, "cpu", size="default", precision="fp32", hidden=24,
                            batch=4, steps=3, vocab=30, reps=1, kernels=["tensor"])
     assert {r["kernel"].split("+")[0] for r in rows if r["part"] != "prep"} == {"tensor", "torch"}
+    # fp16 on masks aligned to 8 (--micro-align): cuBLAS takes the forward and dX GEMMs
+    rows = gpu_bench.micro(cupy_backend, "cpu", size="default", precision="fp16", hidden=24,
+                           batch=8, steps=3, vocab=32, reps=1, kernels=["cublas"], align=8)
+    got = {(r["gemm"], r["kernel"]): r["runs"] for r in rows if r["part"] != "prep"}
+    assert all(got[(f"{side}_{part}", "cublas")] == "cublas" for side in ("consumer", "producer")
+               for part in ("fwd", "dx")), got
+    assert {r["align"] for r in rows if r["part"] != "prep"} == {8}
 
 
 @pytest.mark.parametrize("kernel,dw,tf32,tol", [("tiled", "tiles", False, 1e-4),

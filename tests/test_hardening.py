@@ -288,6 +288,7 @@ def train_args(trained, *extra):
      ["-dropout has 2 value(s), -attention_dropout 1 and -dropout_steps 2"]),
     # stock OpenNMT-py's own assertions, one line instead of a traceback
     (["-update_vocab"], ["-update_vocab needs -train_from"]),
+    (["-sdrop_window_align", "0"], ["-sdrop_window_align must be >= 1, got 0"]),
     (["-layers", "-1", "-hidden_size", "-1", "-enc_hid_size", "8", "-dec_hid_size", "16"],
      ["must be the same size"]),
 ])

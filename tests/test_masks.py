@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from onmt_sdrop.masks import kept_count, sample_dense_mask, sample_step_mask
+from onmt_sdrop.masks import StepMask, kept_count, sample_dense_mask, sample_step_mask
 from onmt_sdrop.nn import make_site
 from onmt_sdrop.ops import torch_backend
 
@@ -116,3 +116,51 @@ def test_host_index_goes_to_a_gpu_pinned_and_asynchronously(monkeypatch):
     assert calls == ["pin", ("cuda", True)] and t.tolist() == [3, 1, 4] and t.dtype == torch.long
     monkeypatch.undo()
     assert host_index([2, 0], "cpu").tolist() == [2, 0]
+
+
+@pytest.mark.parametrize("size,p,align", [(500, 0.3, 8), (50, 0.3, 8), (64, 0.5, 16),
+                                          (10, 0.0, 8), (12, 0.5, 5)])
+def test_aligned_windows(size, p, align):
+    """Windows start at multiples of ``align``; the compact width is padded to one (never past
+    ``size``); every step keeps exactly its count, scaled as without alignment."""
+    torch.manual_seed(size)
+    m = sample_step_mask(40, size, p, align=align)
+    k = kept_count(size, p)
+    assert all(o % align == 0 and 0 <= o < size for o, _ in m.windows)
+    assert m.kmax == min(-(-k // align) * align, size) and m.kmax >= k
+    dense = m.dense(torch.float64)
+    assert ((dense != 0).sum(1) == k).all()
+    assert torch.allclose(dense[dense != 0], torch.tensor(size / k, dtype=torch.float64))
+    # padding columns point at dropped units (a scatter of the compact tensor stays exact)
+    idx = m.window_index()
+    assert all(len(set(row.tolist())) == m.kmax for row in idx)
+    assert len({o for o, _ in m.windows}) > 1 or size <= align
+    # every form of the mask says its alignment (a CUDA graph's refill keeps it)
+    assert m.align == align and m.step(3).align == align and m.packed_to("cpu").align == align
+    assert StepMask.cat([m.step(0), m.step(slice(1, 3))]).align == align
+    assert sample_step_mask(4, size, p).align == 1
+
+
+def test_aligned_windows_keep_the_statistics_of_step_dropout():
+    """Aligned windows change no per-step statistic: every unit is kept with probability 1 - p
+    (also where the size is not a multiple of the alignment), and two units are kept together
+    at a step as often as in a uniformly random k-subset. Across steps, two steps' kept sets
+    overlap by k^2 / H units on average, as independent random subsets do (README "Aligned
+    windows": the spread of the overlap is what changes)."""
+    torch.manual_seed(0)
+    size, p, align, draws = 50, 0.3, 8, 3000
+    k = kept_count(size, p)
+    keep = torch.stack([(sample_step_mask(2, size, p, align=align).dense() != 0).double()
+                        for _ in range(draws)])       # (draws, 2 steps, size)
+    steps = keep.reshape(-1, size)
+    assert ((steps.mean(0) - k / size).abs() < 0.04).all()
+    pairs = (steps.T @ steps) / len(steps)
+    off = ~torch.eye(size, dtype=torch.bool)
+    assert ((pairs[off] - k * (k - 1) / (size * (size - 1))).abs() < 0.05).all()
+    overlap = (keep[:, 0] * keep[:, 1]).sum(1)          # two steps of one mask
+    assert abs(overlap.mean().item() - k * k / size) < 0.4
+
+
+def test_align_out_of_range():
+    with pytest.raises(ValueError, match="align must be >= 1"):
+        sample_step_mask(3, 10, 0.3, align=0)

@@ -69,6 +69,8 @@ COMPACT_CASES = {
     "fixed": ["-encoder_type", "sdrop_brnn", "-decoder_type", "sdrop_rnn", "-sdrop_pattern", "fixed"],
     "bernoulli": ["-encoder_type", "sdrop_brnn", "-decoder_type", "sdrop_rnn", "-sdrop_count",
                   "bernoulli"],
+    "aligned": ["-encoder_type", "sdrop_brnn", "-decoder_type", "sdrop_rnn",
+                "-sdrop_window_align", "4"],
 }
 
 
@@ -181,6 +183,31 @@ def test_generator_reads_compact_decoder_output():
                                                              model.generator.bias))
     assert not model.decoder.sdrop_link                            # a stranger input: plain path
     torch.testing.assert_close(model.generator(x.clone()), y)
+
+
+def test_window_align_reaches_every_mask():
+    """-sdrop_window_align: every step mask of a training step starts its windows at multiples
+    of it and is padded to a multiple of it."""
+    from onmt_sdrop import nn as sdrop_nn
+    from onmt_sdrop.masks import sample_step_mask
+
+    drawn = []
+
+    def draw(steps, size, p, count, fixed, distinct, align, device):
+        drawn.append(sample_step_mask(steps, size, p, count=count, fixed=fixed,
+                                      distinct=distinct, align=align))
+        return drawn[-1].to(device)
+    model, _ = build(*SMALL, *COMPACT_CASES["aligned"], "-dropout", "0.3",
+                     "-sdrop_backend", "torch")
+    model.train()
+    previous = sdrop_nn.set_mask_source(draw)
+    try:
+        loss_of(model, *batch())[0].backward()
+    finally:
+        sdrop_nn.set_mask_source(previous)
+    assert len(drawn) >= 4
+    assert all(o % 4 == 0 for m in drawn for o, _ in m.windows)
+    assert all(m.kmax % 4 == 0 or m.kmax == m.size for m in drawn)
 
 
 @pytest.mark.parametrize("pattern", ["step", "fixed", "sample", "element"])
@@ -298,6 +325,7 @@ def test_dense_is_a_mode_not_a_backend():
     with pytest.raises(SdropError, match="one of auto, torch, cupy"):
         get_ops("dense", torch.device("cpu"))
     for bad, match in ((dict(pattern="blocks"), "-sdrop_pattern"), (dict(count="x"), "-sdrop_count"),
-                       (dict(step_masks=-1), "-sdrop_step_masks"), (dict(backend="tpu"), "-sdrop_backend")):
+                       (dict(step_masks=-1), "-sdrop_step_masks"), (dict(backend="tpu"), "-sdrop_backend"),
+                       (dict(window_align=0), "-sdrop_window_align")):
         with pytest.raises(SdropError, match=match):
             SdropConfig(**bad)

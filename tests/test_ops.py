@@ -13,10 +13,11 @@ BACKENDS = [torch_backend]
 
 
 def masks(size):
-    """Random fixed-count, Bernoulli-count, all-kept and none-kept groups."""
+    """Random fixed-count, Bernoulli-count, aligned (padded), all-kept and none-kept groups."""
     torch.manual_seed(size)
     yield sample_step_mask(5, size, 0.3)
     yield sample_step_mask(5, size, 0.5, count="bernoulli")
+    yield sample_step_mask(5, size, 0.3, align=4)
     perm = torch.randperm(size)
     yield StepMask(perm, torch.tensor([0, 3, size - 1]), torch.tensor([size, 0, 1]),
                    torch.tensor([1.0, 1.0, float(size)]), size, size)

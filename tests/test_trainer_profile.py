@@ -212,9 +212,9 @@ def test_cuda_backend_python_half_makes_no_host_sync(monkeypatch):
                                      launch_with=paused(kernel_emulator.launch))
 
     @paused
-    def draw(steps, size, p, count, fixed, distinct, device):
+    def draw(steps, size, p, count, fixed, distinct, align, device):
         return sample_step_mask(steps, size, p, count=count, fixed=fixed,
-                                distinct=distinct).to(device)
+                                distinct=distinct, align=align).to(device)
 
     tolist = torch.Tensor.tolist
 

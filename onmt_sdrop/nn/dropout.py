@@ -109,21 +109,22 @@ _mask_source = None
 
 
 def set_mask_source(source):
-    """Install ``source(steps, size, p, count, fixed, distinct, device) -> StepMask`` (None: the
-    default); returns the previous one."""
+    """Install ``source(steps, size, p, count, fixed, distinct, align, device) -> StepMask``
+    (None: the default); returns the previous one."""
     global _mask_source
     previous, _mask_source = _mask_source, source
     return previous
 
 
-def draw_step_mask(steps, size, p, *, count, fixed, distinct, device):
+def draw_step_mask(steps, size, p, *, count, fixed, distinct, align, device):
     if _mask_source is not None:
-        return _mask_source(steps, size, p, count, fixed, distinct, device)
-    return sample_step_mask(steps, size, p, count=count, fixed=fixed, distinct=distinct).to(device)
+        return _mask_source(steps, size, p, count, fixed, distinct, align, device)
+    return sample_step_mask(steps, size, p, count=count, fixed=fixed, distinct=distinct,
+                            align=align).to(device)
 
 
 def make_site(p, *, pattern, count, mode, ops, steps, batch, size, device, dtype, training,
-              distinct=0):
+              distinct=0, align=1):
     """The site for one dropout location of one forward pass.
 
     ``mode`` is "compact" (skip dropped work where the pattern allows it) or "dense" (masked
@@ -133,7 +134,7 @@ def make_site(p, *, pattern, count, mode, ops, steps, batch, size, device, dtype
         return NoDrop()
     if pattern in COMPACT_PATTERNS:
         mask = draw_step_mask(steps, size, p, count=count, fixed=pattern == "fixed",
-                              distinct=distinct, device=device)
+                              distinct=distinct, align=align, device=device)
         if mode == "compact":
             return CompactDrop(mask, ops)
         dense = mask.dense(dtype)[:, None, :].expand(steps, batch, size)

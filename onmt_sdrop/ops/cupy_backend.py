@@ -82,12 +82,14 @@ def _windows(mask: StepMask, device):
 #   "tensor" kernels/gemm_fast.cu gemm_tc_*: fp16 / bf16 on the tensor cores (mma.sync, float
 #            accumulation), 64x64 tiles, double-buffered; fp32 uses TF32 tensor cores only when
 #            the user allowed TF32 (torch.backends.cuda.matmul.allow_tf32), else "tiled".
-#   "cublas" fp32 forward and dX with one kept count for all groups (the default masks): ONE
+#   "cublas" forward and dX with one kept count for all groups (the default masks): ONE
 #            cuBLAS GemmBatchedEx over pointer arrays built on the device from the mask's offsets
 #            (no host sync), through torch's cuBLAS handle, so CUDA graphs capture it; every other
-#            case as "tensor". Not fp16 / bf16, nor TF32: cuBLAS's tensor-core kernels need
-#            16-byte aligned matrices, and a window starts at any unit (fp16 ended in "misaligned
-#            address" on an H100, bench/results/logs/gpu-tests-2026-11-28.log).
+#            case as "tensor". fp16, bf16 and TF32 only when every matrix is 16-byte aligned:
+#            cuBLAS's tensor-core kernels need it, and by default a window starts at any unit
+#            (fp16 ended in "misaligned address" on an H100,
+#            bench/results/logs/gpu-tests-2026-11-28.log); -sdrop_window_align 8 aligns them
+#            (judged by the mask's alignment, which every refill keeps; not run on a GPU yet).
 # DW_KERNEL picks the weight-gradient form: "atomic" = the chosen family's grouped GEMM
 # accumulating with atomicAdd; "tiles" = its window_dw (atomic-free and deterministic: each
 # block owns a dW tile and loops over the groups whose window meets it); "cublas" = ONE cuBLAS
@@ -315,12 +317,23 @@ def _blas_operand(rs, cs, rows, cols):
     return None
 
 
+def _on_16_bytes(t: torch.Tensor, g_stride: int, o_stride: int, mask: StepMask, ld: int) -> bool:
+    """Whether every matrix :func:`_pointers` makes of ``t`` starts on 16 bytes and its leading
+    dimension ``ld`` is a multiple of 16 bytes, for ANY offsets the mask may hold: those of its
+    sampling's ``align``, not the host-side ones, which a CUDA graph's refill leaves stale (a
+    capture on offsets aligned by chance would replay on unaligned ones)."""
+    size = t.element_size()
+    return (t.data_ptr() % 16 == 0 and g_stride * size % 16 == 0 and ld * size % 16 == 0
+            and mask.align * o_stride * size % 16 == 0)
+
+
 def _cublas_grouped(a, b, c, mask, *, mode, m, n, k, a_s, b_s, c_s) -> bool:
     """The grouped GEMM as one batched cuBLAS call when every group keeps the same number of units
     (then every group has the same M, N, K and only base pointers differ); False (nothing done)
-    when it does not apply: not true fp32, counts differ or are zero, or a layout cuBLAS cannot
-    express."""
-    if not a.dtype == b.dtype == c.dtype == torch.float32 or tf32_allowed():
+    when it does not apply: counts differ or are zero, a layout cuBLAS cannot express, or, for
+    its tensor-core kernels (fp16, bf16, TF32), a matrix off 16 bytes (windows at any unit; see
+    ``-sdrop_window_align``)."""
+    if not (a.dtype == b.dtype == c.dtype and c.dtype in CUDA_TYPES):
         return False
     counts = {cnt for _, cnt in mask.windows}   # host-side windows: no device read
     if len(counts) != 1 or 0 in counts:
@@ -337,6 +350,10 @@ def _cublas_grouped(a, b, c, mask, *, mode, m, n, k, a_s, b_s, c_s) -> bool:
     if op_b is None or op_a is None:
         return False
     (transa, lda), (transb, ldb) = op_b, op_a
+    exact_fp32 = c.dtype == torch.float32 and not tf32_allowed()
+    if not exact_fp32 and not all(_on_16_bytes(t, g, o, mask, ld) for t, g, o, ld in (
+            (b, b_g, b_o, lda), (a, a_g, a_o, ldb), (c, c_g, c_o, c_rs))):
+        return False
     off, _ = _windows(mask, a.device)
     ptrs = (_pointers(b, off, b_g, b_o), _pointers(a, off, a_g, a_o), _pointers(c, off, c_g, c_o))
     _cublas_batched(ptrs, (b, a, c), transa=transa, transb=transb, m=N, n=M, k=K, lda=lda,

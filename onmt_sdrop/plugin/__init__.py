@@ -111,7 +111,7 @@ def _wrap_load_test_model(inner):
 
 # model options a resume takes from the checkpoint, silently in stock OpenNMT-py
 RESUME_KEPT = ("dropout", "encoder_type", "decoder_type", "sdrop_pattern", "sdrop_count",
-               "sdrop_step_masks")
+               "sdrop_step_masks", "sdrop_window_align")
 
 
 def _say_kept_options(model_opt, opt) -> None:

@@ -31,4 +31,4 @@ class SdropMixin:
         return make_site(self.dropout_p, pattern=self.sdrop.pattern, count=self.sdrop.count,
                          mode=self.sdrop.mode, ops=ops, steps=steps, batch=like.shape[-2],
                          size=size, device=like.device, dtype=like.dtype, training=self.training,
-                         distinct=self.sdrop.step_masks)
+                         distinct=self.sdrop.step_masks, align=self.sdrop.window_align)

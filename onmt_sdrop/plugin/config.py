@@ -36,6 +36,13 @@ def add_sdrop_opts(parser) -> None:
                    "step one of them at random (each step's mask is still uniformly random); "
                    "0 = a fresh mask at every step. A few masks let the torch backend stack the "
                    "steps that share one into a single GEMM, which is what saves time on a CPU.")
+    group.add("--sdrop_window_align", "-sdrop_window_align", type=int, default=1,
+              help="For -sdrop_pattern step/fixed: start every step's window of kept units at a "
+                   "multiple of this many units and pad the compact width to one (the dropout "
+                   "rate is unchanged). 8 makes every compacted fp16/bf16 matrix 16-byte aligned, "
+                   "which cuBLAS's tensor-core kernels need (SDROP_GEMM_KERNEL=cublas on a GPU); "
+                   "1 = windows start anywhere. It changes how the kept sets of two steps "
+                   "overlap, not which units a step keeps (README \"Aligned windows\").")
     group.add("--sdrop_cuda_graphs", "-sdrop_cuda_graphs", type=int, default=-1,
               choices=[-1, 0, 1],
               help="CUDA graphs of the sdrop encoder+decoder, forward and backward, per shape "
@@ -133,6 +140,7 @@ class SdropConfig:
     count: str = "fixed"
     backend: str = "auto"
     step_masks: int = 0
+    window_align: int = 1
 
     def __post_init__(self):
         if self.pattern not in PATTERNS:
@@ -142,6 +150,8 @@ class SdropConfig:
             raise SdropError(f"-sdrop_count must be one of {', '.join(COUNTS)}, got {self.count!r}")
         if self.step_masks < 0:
             raise SdropError(f"-sdrop_step_masks must be >= 0, got {self.step_masks}")
+        if self.window_align < 1:
+            raise SdropError(f"-sdrop_window_align must be >= 1, got {self.window_align}")
         if self.backend not in BACKEND_CHOICES:
             raise SdropError(f"-sdrop_backend must be one of {', '.join(BACKEND_CHOICES)}, "
                              f"got {self.backend!r}")
@@ -151,7 +161,8 @@ class SdropConfig:
     def from_opt(cls, opt) -> "SdropConfig":
         # checkpoints of older versions may lack the options: fall back to the defaults
         return cls(getattr(opt, "sdrop_pattern", "step"), getattr(opt, "sdrop_count", "fixed"),
-                   getattr(opt, "sdrop_backend", "auto"), getattr(opt, "sdrop_step_masks", 0))
+                   getattr(opt, "sdrop_backend", "auto"), getattr(opt, "sdrop_step_masks", 0),
+                   getattr(opt, "sdrop_window_align", 1))
 
     @property
     def mode(self) -> str:

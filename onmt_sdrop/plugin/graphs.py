@@ -79,10 +79,11 @@ class StaticMasks:
     def begin(self) -> None:
         self.cursor = 0 if self.records else None
 
-    def __call__(self, steps, size, p, count, fixed, distinct, device) -> StepMask:
-        args = (steps, size, p, count, fixed, distinct)
+    def __call__(self, steps, size, p, count, fixed, distinct, align, device) -> StepMask:
+        args = (steps, size, p, count, fixed, distinct, align)
         if self.cursor is None:
-            m = sample_step_mask(steps, size, p, count=count, fixed=fixed, distinct=distinct)
+            m = sample_step_mask(steps, size, p, count=count, fixed=fixed, distinct=distinct,
+                                 align=align)
             static = m.packed_to(device)   # views of one buffer, refilled whole
             self.records.append((args, static))
             return static
@@ -93,8 +94,9 @@ class StaticMasks:
 
     def refill(self) -> None:
         """New masks, drawn on the host RNG in the order an eager step draws them."""
-        for (steps, size, p, count, fixed, distinct), static in self.records:
-            m = sample_step_mask(steps, size, p, count=count, fixed=fixed, distinct=distinct)
+        for (steps, size, p, count, fixed, distinct, align), static in self.records:
+            m = sample_step_mask(steps, size, p, count=count, fixed=fixed, distinct=distinct,
+                                 align=align)
             # one asynchronous copy from pinned memory into the buffer the graph reads
             static.buffer.copy_(m.packed(pin=static.buffer.is_cuda), non_blocking=True)
 
