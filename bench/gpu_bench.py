@@ -85,22 +85,26 @@ def variant_kernels(variant: str):
 
 @contextlib.contextmanager
 def kernel_choice(cu, variant: str):
-    """The CUDA backend's GEMM_KERNEL / DW_KERNEL set to the pair ``variant`` names (a third field
-    ``nosplit`` turns split K off), while its steps run (graphs capture the kernels chosen at
-    capture time; the generator reads them at every step)."""
+    """The CUDA backend's GEMM_KERNEL / DW_KERNEL set to the pair ``variant`` names, while its
+    steps run (graphs capture the kernels chosen at capture time; the generator reads them at
+    every step). Flags after the pair, for the one-group GEMMs (the input-feed decoder's per-step
+    calls): ``kernel`` = GEMM_KERNEL with split K instead of the gathered window and cuBLAS
+    (ONE_GROUP_GEMM), ``nosplit`` = GEMM_KERNEL as one launch each (split K off too)."""
     pair = variant_kernels(variant)
     if pair is None or not hasattr(cu, "GEMM_KERNEL"):
         yield
         return
     gemm, dw, *flags = pair.split("+")
-    saved = cu.GEMM_KERNEL, cu.DW_KERNEL, cu.SPLIT_K_BLOCKS
+    saved = cu.GEMM_KERNEL, cu.DW_KERNEL, cu.SPLIT_K_BLOCKS, cu.ONE_GROUP_GEMM
     cu.GEMM_KERNEL, cu.DW_KERNEL = gemm, dw
-    if "nosplit" in flags:      # one-group GEMMs as one launch each (split K off)
+    if "kernel" in flags or "nosplit" in flags:
+        cu.ONE_GROUP_GEMM = "kernel"
+    if "nosplit" in flags:
         cu.SPLIT_K_BLOCKS = 0
     try:
         yield
     finally:
-        cu.GEMM_KERNEL, cu.DW_KERNEL, cu.SPLIT_K_BLOCKS = saved
+        cu.GEMM_KERNEL, cu.DW_KERNEL, cu.SPLIT_K_BLOCKS, cu.ONE_GROUP_GEMM = saved
 
 
 def time_ms(fn, device, reps) -> tuple[float, str]:
@@ -310,8 +314,9 @@ def main(argv=None):
     ap.add_argument("--micro-kernels", help="comma-separated GEMM_KERNEL choices the micro "
                     "benchmark times (default: all)")
     ap.add_argument("--e2e-kernels", help="comma-separated GEMM+DW kernel pairs (e.g. "
-                    "tensor+tiles,tensor+tiles+nosplit,cublas+cublas+align8; +nosplit: split K "
-                    "off; +alignN: -sdrop_window_align N): "
+                    "tensor+tiles,tensor+tiles+kernel,cublas+cublas+align8; one-group GEMMs: "
+                    "+kernel: GEMM_KERNEL with split K, +nosplit: without; +alignN: "
+                    "-sdrop_window_align N): "
                     "one compacted training variant each, side by side (default: one, the "
                     "backend's choice)")
     ap.add_argument("--variants", help="comma-separated training variants to run (stock, dense, "
@@ -345,11 +350,11 @@ def main(argv=None):
     pairs = args.e2e_kernels.split(",") if args.e2e_kernels else None
     for pair in pairs or []:
         g, d, *flags = pair.split("+")
-        bad_flag = any(f != "nosplit" and not (f.startswith("align") and f[5:].isdigit()
-                                               and int(f[5:]) >= 1) for f in flags)
+        bad_flag = any(f not in ("kernel", "nosplit") and not (
+            f.startswith("align") and f[5:].isdigit() and int(f[5:]) >= 1) for f in flags)
         if bad_flag or (device == "cuda" and (g not in cu.GEMM_KERNELS
                                               or d not in cu.DW_KERNELS)):
-            ap.error(f"--e2e-kernels: {pair!r} is not GEMM+DW[+nosplit][+alignN] of "
+            ap.error(f"--e2e-kernels: {pair!r} is not GEMM+DW[+kernel|+nosplit][+alignN] of "
                      f"{getattr(cu, 'GEMM_KERNELS', '?')} x {getattr(cu, 'DW_KERNELS', '?')}")
     variants = e2e_variants(backend, with_graphs=device == "cuda" and not args.no_graphs,
                             kernels=pairs, keep=args.variants and args.variants.split(","))

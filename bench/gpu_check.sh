@@ -7,9 +7,10 @@
 # gpu-bench-micro.log (the six GEMMs): 5 files, within what a device call brings back. Commit
 # the JSON under bench/results/. Each stage has a limit (s): TESTS_S (90), KERNEL_TESTS_S (50,
 # twice; a test step stopped at its limit is interrupted, so pytest still prints which failed),
-# E2E_S (180), MICRO_S (60). E2E_KERNELS (tensor+cublas,tensor+cublas+nosplit,
-# cublas+cublas+align8): the kernel pairs the training runs compare side by side (+nosplit: split
-# K off; +align8: -sdrop_window_align 8, so cuBLAS takes fp16 too); MICRO_KERNELS
+# E2E_S (180), MICRO_S (60). E2E_KERNELS (tensor+cublas,tensor+cublas+kernel,
+# tensor+cublas+nosplit,cublas+cublas+align8): the kernel pairs the training runs compare side by
+# side (the one-group GEMMs: gathered window and cuBLAS by default, +kernel: GEMM_KERNEL with split
+# K, +nosplit: without; +align8: -sdrop_window_align 8, so cuBLAS takes fp16 too); MICRO_KERNELS
 # (cublas,tensor,wide): the GEMM kernels the micro rows time, on masks aligned to MICRO_ALIGN (8).
 set -uo pipefail
 OUT=${OUT:-bench/results}
@@ -40,7 +41,7 @@ done
 # 3. training: stock, dense and compacted with each kernel pair, under CUDA graphs, interleaved
 stamp "3. training runs"
 timeout "${E2E_S:-180}" python3 bench/gpu_bench.py --out "$OUT/e2e" --no-micro --steps 20 \
-    --e2e-kernels "${E2E_KERNELS:-tensor+cublas,tensor+cublas+nosplit,cublas+cublas+align8}" \
+    --e2e-kernels "${E2E_KERNELS:-tensor+cublas,tensor+cublas+kernel,tensor+cublas+nosplit,cublas+cublas+align8}" \
     --variants "${E2E_VARIANTS:-stock,dense+graphs,compact+graphs}" 2>&1 \
     | tee "$OUT/gpu-bench-e2e.log"
 # 4. the six grouped GEMMs of each kernel choice against cuBLAS on the dense shapes

@@ -87,8 +87,11 @@ def test_gpu_bench_compares_kernel_pairs_side_by_side(tmp_path, monkeypatch):
         assert cupy_backend.SPLIT_K_BLOCKS == split
     with gpu_bench.kernel_choice(cupy_backend, "sdrop_compact@tensor+tiles+nosplit+graphs"):
         assert (cupy_backend.GEMM_KERNEL, cupy_backend.SPLIT_K_BLOCKS) == ("tensor", 0)
+        assert cupy_backend.ONE_GROUP_GEMM == "kernel"
+    with gpu_bench.kernel_choice(cupy_backend, "sdrop_compact@tensor+tiles+kernel+graphs"):
+        assert (cupy_backend.ONE_GROUP_GEMM, cupy_backend.SPLIT_K_BLOCKS) == ("kernel", split)
     assert (cupy_backend.GEMM_KERNEL, cupy_backend.DW_KERNEL) == before
-    assert cupy_backend.SPLIT_K_BLOCKS == split
+    assert cupy_backend.SPLIT_K_BLOCKS == split and cupy_backend.ONE_GROUP_GEMM == "gather"
     seen = []
     monkeypatch.setattr(gpu_bench, "kernel_choice",
                         lambda cu, name: (seen.append(name), gpu_bench.contextlib.nullcontext())[1])

@@ -258,7 +258,41 @@ def _record_grids(monkeypatch, run):
 
     monkeypatch.setattr(cupy_backend, "_launch", record)
     monkeypatch.setattr(cupy_backend, "SPLIT_K_MIN", 8)
+    monkeypatch.setattr(cupy_backend, "ONE_GROUP_GEMM", "kernel")   # not gathered: our kernels
     return grids
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-4), (torch.float16, 2e-2),
+                                       (torch.bfloat16, 3e-2)])
+def test_one_group_gemms_gather_their_window(device, gemm_kernel, dtype, tol, launched):
+    """ONE_GROUP_GEMM "gather" (the default): a one-group forward or dX GEMM copies the group's
+    window of the weight by the mask's device-side positions and runs torch's GEMM, no kernel of
+    ours, and equals the torch backend: fixed and Bernoulli counts, a padded (aligned) width, no
+    unit kept, and a mask refilled in place as a CUDA graph does, whose host-side offsets are
+    stale."""
+    assert cupy_backend.ONE_GROUP_GEMM == "gather"
+    torch.manual_seed(6)
+    perm = torch.randperm(70)
+    masks = [sample_step_mask(1, 70, 0.3), sample_step_mask(1, 70, 0.5, count="bernoulli"),
+             sample_step_mask(1, 70, 0.3, align=8),
+             StepMask(perm, torch.tensor([5]), torch.tensor([0]), torch.tensor([1.0]), 70, 49)]
+    for m in masks:
+        m = m.to(device)
+        launched.clear()
+        got = _split_k_case(cupy_backend, m, dtype, device)
+        assert [n for n in launched if "acc" not in n and not n.startswith("window_dw")] == []
+        for a, r in zip(got, _split_k_case(torch_backend, m, torch.float32, device)):
+            assert_close_scaled(a.float(), r.float(), tol)
+    static = sample_step_mask(1, 70, 0.3).packed_to(device)
+    fresh = sample_step_mask(1, 70, 0.3)
+    while fresh.windows == static.windows:
+        fresh = sample_step_mask(1, 70, 0.3)
+    static.buffer.copy_(fresh.packed())                  # the refill: offsets on the device only
+    refilled = static.unpacked(static.buffer)
+    assert refilled.windows != fresh.windows             # the host-side offsets are stale
+    got = _split_k_case(cupy_backend, refilled, dtype, device)
+    for a, r in zip(got, _split_k_case(torch_backend, fresh.to(device), torch.float32, device)):
+        assert_close_scaled(a.float(), r.float(), tol)
 
 
 @pytest.mark.parametrize("kernel", ["simt", "tiled", "wide", "tensor"])
@@ -403,15 +437,18 @@ def test_kernel_defaults_and_environment():
     import subprocess
     import sys
 
-    code = "from onmt_sdrop.ops import cupy_backend as c; print(c.GEMM_KERNEL, c.DW_KERNEL)"
+    code = ("from onmt_sdrop.ops import cupy_backend as c; "
+            "print(c.GEMM_KERNEL, c.DW_KERNEL, c.ONE_GROUP_GEMM)")
     env = {k: v for k, v in __import__("os").environ.items() if not k.startswith("SDROP_")}
     run = lambda **e: subprocess.run([sys.executable, "-c", code], env={**env, **e},  # noqa
                                      capture_output=True, text=True, timeout=120)
-    assert run().stdout.split() == ["tensor", "cublas"]
-    assert run(SDROP_GEMM_KERNEL="simt", SDROP_DW_KERNEL="atomic").stdout.split() == \
-        ["simt", "atomic"]
+    assert run().stdout.split() == ["tensor", "cublas", "gather"]
+    assert run(SDROP_GEMM_KERNEL="simt", SDROP_DW_KERNEL="atomic",
+               SDROP_ONE_GROUP_GEMM="kernel").stdout.split() == ["simt", "atomic", "kernel"]
     bad = run(SDROP_GEMM_KERNEL="fast")
     assert bad.returncode != 0 and "SDROP_GEMM_KERNEL must be one of" in bad.stderr
+    bad = run(SDROP_ONE_GROUP_GEMM="fast")
+    assert bad.returncode != 0 and "SDROP_ONE_GROUP_GEMM must be one of" in bad.stderr
 
 
 def test_tf32_follows_torch():

@@ -239,6 +239,37 @@ def _split_k(a, b, c, off, cnt, fam, grid, parts, *, mode, m, n, k, a_s, b_s, ro
     torch.sum(part, 0, keepdim=True, out=c)
 
 
+# ---------------------------------------------------------------- one group: its window gathered
+#
+# ONE_GROUP_GEMM picks how the forward and dX GEMMs of ONE group run (the input-feed decoder's
+# per-step calls; on an H100 our kernels took 90 us per call there, 241 calls and 21.6 of 35.4 ms
+# a step, where cuBLAS took 9-24 us for dense's per-step GEMMs; bench/results/
+# gpu-2026-11-28-h100-e2e.json): "gather" copies the group's kept rows or columns of ``ext`` into a
+# contiguous block, by the mask's device-side positions (so a CUDA graph's refill moves it; only
+# the count is read on the host, and graphs take fixed counts only), and runs torch's own GEMM on
+# it: cuBLAS, any dtype, aligned whatever the window, TF32 as the user set. "kernel" runs
+# GEMM_KERNEL (with split K, below). Not measured on a GPU yet: bench/gpu_check.sh's training
+# runs compare both.
+ONE_GROUP_GEMMS = ("gather", "kernel")
+ONE_GROUP_GEMM = os.environ.get("SDROP_ONE_GROUP_GEMM", "gather")
+if ONE_GROUP_GEMM not in ONE_GROUP_GEMMS:
+    raise ValueError(f"SDROP_ONE_GROUP_GEMM must be one of {ONE_GROUP_GEMMS}, "
+                     f"got {ONE_GROUP_GEMM!r}")
+
+
+def _gathered(mask: StepMask):
+    """The kept count of a one-group ``mask`` whose GEMMs ONE_GROUP_GEMM "gather" runs, else
+    None."""
+    if ONE_GROUP_GEMM != "gather" or mask.groups != 1:
+        return None
+    return mask.windows[0][1]
+
+
+def _window_of(w: torch.Tensor, mask: StepMask, dim: int, k: int) -> torch.Tensor:
+    """The one group's ``k`` kept slices of ``w`` (``ext``) along ``dim``, as a contiguous copy."""
+    return w.index_select(dim, mask.window_positions()[0, :k])
+
+
 # ---------------------------------------------------------------- cuBLAS pointer arrays
 #
 # Through torch's own cuBLAS handle (ctypes), not CuPy's: torch binds that handle to its current
@@ -370,6 +401,11 @@ def consumer_fwd(xc, w, mask: StepMask):
     g, b, kmax = xc.shape
     n = w.shape[0]
     y = new_output(xc, (g, b, n), mask, False)
+    k = _gathered(mask)
+    if k is not None:
+        if k:   # none kept: y is zeros
+            torch.mm(xc[0, :, :k], _window_of(w, mask, 1, k).t(), out=y[0])
+        return y
     _grouped_gemm(xc, w, y, mask, mode=4, m=b, n=n, k=kmax,
                   a_s=(b * kmax, 0, kmax, 1), b_s=(0, 1, 1, w.stride(0)), c_s=(b * n, 0, n, 1))
     return y
@@ -380,6 +416,11 @@ def consumer_dx(dy, w, mask: StepMask):
     g, b, n = dy.shape
     kmax = mask.kmax
     dxc = new_output(dy, (g, b, kmax), mask, True)
+    k = _gathered(mask)
+    if k is not None:
+        if k:   # the columns past k stay zero
+            torch.mm(dy[0], _window_of(w, mask, 1, k), out=dxc[0, :, :k])
+        return dxc
     _grouped_gemm(dy, w, dxc, mask, mode=2, m=b, n=kmax, k=n,
                   a_s=(b * n, 0, n, 1), b_s=(0, 1, w.stride(0), 1), c_s=(b * kmax, 0, kmax, 1))
     return dxc
@@ -428,6 +469,11 @@ def producer_fwd(x, w, mask: StepMask):
     g, b, i = x.shape
     kmax, ws = mask.kmax, w.stride(0)
     yc = new_output(x, (g, b, kmax), mask, True)
+    k = _gathered(mask)
+    if k is not None:
+        if k:
+            torch.mm(x[0], _window_of(w, mask, 0, k).t(), out=yc[0, :, :k])
+        return yc
     _grouped_gemm(x, w, yc, mask, mode=2, m=b, n=kmax, k=i,
                   a_s=(b * i, 0, i, 1), b_s=(0, ws, 1, ws), c_s=(b * kmax, 0, kmax, 1))
     return yc
@@ -438,6 +484,11 @@ def producer_dx(dyc, w, mask: StepMask):
     g, b, kmax = dyc.shape
     i, ws = w.shape[1], w.stride(0)
     dx = new_output(dyc, (g, b, i), mask, False)
+    k = _gathered(mask)
+    if k is not None:
+        if k:
+            torch.mm(dyc[0, :, :k], _window_of(w, mask, 0, k), out=dx[0])
+        return dx
     _grouped_gemm(dyc, w, dx, mask, mode=4, m=b, n=i, k=kmax,
                   a_s=(b * kmax, 0, kmax, 1), b_s=(0, ws, ws, 1), c_s=(b * i, 0, i, 1))
     return dx
