@@ -289,6 +289,8 @@ def train_args(trained, *extra):
     # stock OpenNMT-py's own assertions, one line instead of a traceback
     (["-update_vocab"], ["-update_vocab needs -train_from"]),
     (["-sdrop_window_align", "0"], ["-sdrop_window_align must be >= 1, got 0"]),
+    # an alignment as wide as a site: one window position, every step the same units
+    (["-sdrop_window_align", "16"], ["-sdrop_window_align 16", "16-wide", "one window position"]),
     (["-layers", "-1", "-hidden_size", "-1", "-enc_hid_size", "8", "-dec_hid_size", "16"],
      ["must be the same size"]),
 ])
@@ -296,15 +298,20 @@ def test_bad_model_options_are_one_line_errors(trained, cli, extra, needles):
     assert_one_line(*cli("train", *train_args(trained, *extra)), *needles)
 
 
-def test_degenerate_rate_is_fine_with_bernoulli_count(trained):
-    """The refusal is for the fixed kept count; -sdrop_count bernoulli draws Binomial(H, 1-p)."""
+@pytest.mark.parametrize("extra", [
+    # the kept-count refusal is for the fixed count; bernoulli draws Binomial(H, 1-p)
+    ("-dropout", "0.97", "-sdrop_count", "bernoulli"),
+    # alignments below the narrowest site (16), or any with the fixed pattern
+    ("-sdrop_window_align", "15"),
+    ("-sdrop_window_align", "16", "-sdrop_pattern", "fixed"),
+])
+def test_options_near_the_refusals_are_fine(trained, extra):
     from onmt.opts import train_opts
     from onmt.utils.parse import ArgumentParser
 
     parser = ArgumentParser()
     train_opts(parser)
-    opt = parser.parse_known_args([str(a) for a in train_args(
-        trained, "-dropout", "0.97", "-sdrop_count", "bernoulli")])[0]
+    opt = parser.parse_known_args([str(a) for a in train_args(trained, *extra)])[0]
     ArgumentParser.update_model_opts(opt)
     ArgumentParser.validate_model_opts(opt)  # no error
 

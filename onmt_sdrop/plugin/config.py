@@ -77,6 +77,8 @@ def validate_sdrop_opts(opt, *, training: bool = True) -> None:
     check_sdrop_model(opt)
     if training and config.pattern in COMPACT_PATTERNS and config.count == "fixed":
         check_kept_counts(opt, rates)
+    if training and config.pattern == "step":
+        check_window_align(opt, config.window_align)
 
 
 def check_sdrop_model(opt) -> None:
@@ -127,6 +129,18 @@ def check_kept_counts(opt, rates) -> None:
                 continue
             raise SdropError(f"-dropout {p:g} on a {h}-wide dropout site ({what}) keeps "
                              f"H - round(p*H) = {h} - {h - k} = {k} of {h} units per step: {why}")
+
+
+def check_window_align(opt, align: int) -> None:
+    """Refuse an alignment that leaves a site one window position (``align >= H``): every step
+    of a batch would keep the same units, the ``fixed`` pattern under the ``step`` pattern's
+    name."""
+    for what, h in dropout_sites(opt):
+        if align >= h:
+            raise SdropError(f"-sdrop_window_align {align} leaves a {h}-wide dropout site ({what}) "
+                             f"one window position: every step would keep the same units; use "
+                             f"an alignment below {h} (8 for cuBLAS's fp16), or say "
+                             f"-sdrop_pattern fixed")
 
 
 @dataclass
