@@ -64,7 +64,7 @@ def test_ops_make_no_cpu_tensors_and_no_host_syncs(distinct):
 
 
 @pytest.mark.parametrize("extra", [[], ["-input_feed", "0"], ["-sdrop_step_masks", "3"],
-                                   ["-sdrop_window_align", "8"],
+                                   ["-sdrop_window_align", "4"],
                                    ["-sdrop_pattern", "fixed"]])
 def test_full_training_step_on_another_device(extra):
     """Encoder, decoder (input feed on/off), attention, generator and backward, all on meta."""
