@@ -83,6 +83,9 @@ def variant_kernels(variant: str):
     return pair
 
 
+ONE_GROUP_FLAGS = ("kernel", "nosplit")   # flags after a kernel pair: the one-group GEMMs' path
+
+
 @contextlib.contextmanager
 def kernel_choice(cu, variant: str):
     """The CUDA backend's GEMM_KERNEL / DW_KERNEL set to the pair ``variant`` names, while its
@@ -97,7 +100,7 @@ def kernel_choice(cu, variant: str):
     gemm, dw, *flags = pair.split("+")
     saved = cu.GEMM_KERNEL, cu.DW_KERNEL, cu.SPLIT_K_BLOCKS, cu.ONE_GROUP_GEMM
     cu.GEMM_KERNEL, cu.DW_KERNEL = gemm, dw
-    if "kernel" in flags or "nosplit" in flags:
+    if any(f in ONE_GROUP_FLAGS for f in flags):
         cu.ONE_GROUP_GEMM = "kernel"
     if "nosplit" in flags:
         cu.SPLIT_K_BLOCKS = 0
@@ -350,7 +353,7 @@ def main(argv=None):
     pairs = args.e2e_kernels.split(",") if args.e2e_kernels else None
     for pair in pairs or []:
         g, d, *flags = pair.split("+")
-        bad_flag = any(f not in ("kernel", "nosplit") and not (
+        bad_flag = any(f not in ONE_GROUP_FLAGS and not (
             f.startswith("align") and f[5:].isdigit() and int(f[5:]) >= 1) for f in flags)
         if bad_flag or (device == "cuda" and (g not in cu.GEMM_KERNELS
                                               or d not in cu.DW_KERNELS)):

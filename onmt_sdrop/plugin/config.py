@@ -137,10 +137,10 @@ def check_window_align(opt, align: int) -> None:
     name."""
     for what, h in dropout_sites(opt):
         if align >= h:
+            hint = " (8 for cuBLAS's fp16)" if h > 8 else ""
             raise SdropError(f"-sdrop_window_align {align} leaves a {h}-wide dropout site ({what}) "
                              f"one window position: every step would keep the same units; use "
-                             f"an alignment below {h} (8 for cuBLAS's fp16), or say "
-                             f"-sdrop_pattern fixed")
+                             f"an alignment below {h}{hint}, or say -sdrop_pattern fixed")
 
 
 @dataclass
