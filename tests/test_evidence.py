@@ -87,3 +87,37 @@ def test_committed_scores_are_recomputed_from_the_committed_hypotheses(scores_js
         assert without_version(str(metric.get_signature())) == \
             without_version(scores[f"{key}_signature"])
         assert summary[key][model] == got, (key, model)
+
+
+# ---------------------------------------------------------------- the documents point at it
+
+LINK = re.compile(r"\]\(([^)\s]+)\)")
+
+
+def markdown_files() -> list[Path]:
+    """The committed Markdown files: README, reports, the logs' READMEs."""
+    return sorted(p for p in ROOT.rglob("*.md")   # not in hidden folders (.venv, caches)
+                  if not any(part.startswith(".") for part in p.relative_to(ROOT).parts))
+
+
+def heading_anchor(title: str) -> str:
+    """GitHub's anchor of a Markdown heading."""
+    return re.sub(r"[^\w\- ]", "", title.strip().lower()).replace(" ", "-")
+
+
+@pytest.mark.parametrize("doc", markdown_files(), ids=lambda p: str(p.relative_to(ROOT)))
+def test_every_link_of_a_document_resolves(doc):
+    """A reported figure names its JSON, log or report by a link: the file must be there, and a
+    link to a section of the same document must name one of its headings."""
+    text = doc.read_text(encoding="utf-8")
+    anchors = {heading_anchor(h) for h in re.findall(r"^#+ (.*)$", text, re.M)}
+    missing = []
+    for target in LINK.findall(text):
+        if target.startswith(("http://", "https://", "mailto:")):
+            continue
+        path, _, anchor = target.partition("#")
+        if path and not (doc.parent / path).exists():
+            missing.append(target)
+        elif not path and anchor not in anchors:
+            missing.append(target)
+    assert not missing, f"{doc.relative_to(ROOT)}: links to nothing: {missing}"
