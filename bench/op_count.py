@@ -19,6 +19,7 @@ the CPU by tests/kernel_emulator.py (each counted as the one launch it is on a G
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import json
 import sys
@@ -31,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 import cpu_bench  # noqa: E402  (also installs the onmt hook)
 import kernel_emulator  # noqa: E402
+from onmt_sdrop.ops import torch_backend  # noqa: E402
 
 VARIANTS = {k: v for k, v in cpu_bench.VARIANTS.items() if k != "sdrop_compact_m4"}
 VARIANTS["sdrop_compact_cuda"] = VARIANTS["sdrop_compact"][:-1] + ["cupy"]
@@ -71,6 +73,19 @@ def counted_launch(*args):
         kernel_emulator.launch(*args)
 
 
+@contextlib.contextmanager
+def all_ops_on_this_thread():
+    """The torch backend's side-by-side GEMMs off: with several CPU threads it runs a call's
+    groups on worker threads, whose ops the profiler does not record (it sees this thread only),
+    so the count would fall with the thread count. On a GPU they never run side by side."""
+    saved = torch_backend.SIDE_BY_SIDE_MACS
+    torch_backend.SIDE_BY_SIDE_MACS = float("inf")
+    try:
+        yield
+    finally:
+        torch_backend.SIDE_BY_SIDE_MACS = saved
+
+
 def step_counts(variants, *, hidden, layers, batch, vocab, dropout, mean_len=24, seed=0,
                 log=print):
     common = cpu_bench.model_args(hidden=hidden, layers=layers, dropout=dropout)
@@ -86,7 +101,7 @@ def step_counts(variants, *, hidden, layers, batch, vocab, dropout, mean_len=24,
         optim = torch.optim.SGD(model.parameters(), lr=0.1)
         for _ in range(2):
             cpu_bench.train_step(model, optim, src, tgt, sl)
-        with profile(activities=[ProfilerActivity.CPU]) as prof:
+        with all_ops_on_this_thread(), profile(activities=[ProfilerActivity.CPU]) as prof:
             cpu_bench.train_step(model, optim, src, tgt, sl)
         out[name] = count_ops(prof.events())
         log(f"{name}: {out[name]}")

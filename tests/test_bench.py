@@ -110,3 +110,28 @@ def test_gpu_bench_compares_kernel_pairs_side_by_side(tmp_path, monkeypatch):
                             "--e2e-kernels", bad])
         assert stop.value.code == 2
     assert json.loads(out.read_text())["micro"] == []
+
+
+def test_op_count_sees_every_op_whatever_the_thread_count(monkeypatch):
+    """With several CPU threads the torch backend runs a grouped GEMM's groups side by side on
+    worker threads, whose ops the torch profiler does not record: op_count counts with them off,
+    so the count (a GPU launch proxy; nothing runs side by side on a GPU) is the same with one or
+    two threads."""
+    import torch
+
+    import op_count
+    from onmt_sdrop.ops import torch_backend
+    monkeypatch.setattr(torch_backend, "SIDE_BY_SIDE_MACS", 0)   # side by side even at toy size
+    variants = {"sdrop_compact": op_count.VARIANTS["sdrop_compact"]}
+    threads = torch.get_num_threads()
+    counts = []
+    try:
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            counts.append(op_count.step_counts(variants, hidden=16, layers=2, batch=4, vocab=40,
+                                               dropout=0.3, mean_len=6,
+                                               log=lambda *_: None)["sdrop_compact"])
+    finally:
+        torch.set_num_threads(threads)
+    assert counts[0] == counts[1]
+    assert torch_backend.SIDE_BY_SIDE_MACS == 0   # restored after counting
