@@ -19,7 +19,6 @@ the CPU by tests/kernel_emulator.py (each counted as the one launch it is on a G
 from __future__ import annotations
 
 import argparse
-import contextlib
 import datetime as dt
 import json
 import sys
@@ -73,19 +72,6 @@ def counted_launch(*args):
         kernel_emulator.launch(*args)
 
 
-@contextlib.contextmanager
-def all_ops_on_this_thread():
-    """The torch backend's side-by-side GEMMs off: with several CPU threads it runs a call's
-    groups on worker threads, whose ops the profiler does not record (it sees this thread only),
-    so the count would fall with the thread count. On a GPU they never run side by side."""
-    saved = torch_backend.SIDE_BY_SIDE_MACS
-    torch_backend.SIDE_BY_SIDE_MACS = float("inf")
-    try:
-        yield
-    finally:
-        torch_backend.SIDE_BY_SIDE_MACS = saved
-
-
 def step_counts(variants, *, hidden, layers, batch, vocab, dropout, mean_len=24, seed=0,
                 log=print):
     common = cpu_bench.model_args(hidden=hidden, layers=layers, dropout=dropout)
@@ -101,7 +87,9 @@ def step_counts(variants, *, hidden, layers, batch, vocab, dropout, mean_len=24,
         optim = torch.optim.SGD(model.parameters(), lr=0.1)
         for _ in range(2):
             cpu_bench.train_step(model, optim, src, tgt, sl)
-        with all_ops_on_this_thread(), profile(activities=[ProfilerActivity.CPU]) as prof:
+        # side-by-side GEMMs (CPU, several threads; never on a GPU) would run on worker threads,
+        # which the profiler does not record
+        with torch_backend.on_this_thread(), profile(activities=[ProfilerActivity.CPU]) as prof:
             cpu_bench.train_step(model, optim, src, tgt, sl)
         out[name] = count_ops(prof.events())
         log(f"{name}: {out[name]}")

@@ -52,6 +52,7 @@ import traceback
 from pathlib import Path
 
 import onmt_sdrop.hook
+from onmt_sdrop.ops import torch_backend
 
 # at import, not in main(): DataLoader workers (-num_workers > 0, context "spawn") import this
 # file as their main module and need the plugin too
@@ -194,6 +195,7 @@ class Recorder:
         self.census = collections.Counter()
         self._census_mode = None
         self._prof = None
+        self._on_this_thread = None
         self.kernel_stats = None
         self.graph_keys: set = set()
         self.valid_s: list = []
@@ -283,8 +285,20 @@ class Recorder:
         except Exception as exc:  # noqa: BLE001
             self.errors.append(f"{old} -> {new}: {type(exc).__name__}: {exc}")
             self._census_mode = self._prof = None
+            self._leave_this_thread()
+
+    def _leave_this_thread(self) -> None:
+        if self._on_this_thread is not None:
+            self._on_this_thread.__exit__(None, None, None)
+            self._on_this_thread = None
 
     def _switch_windows(self, old: str, new: str) -> None:
+        # the census and the profiler see only this thread: no side-by-side GEMMs (CPU) in them
+        if old in ("census", "kernels"):
+            self._leave_this_thread()
+        if new in ("census", "kernels"):
+            self._on_this_thread = torch_backend.on_this_thread()
+            self._on_this_thread.__enter__()
         if old == "census" and self._census_mode is not None:
             self._census_mode.__exit__(None, None, None)
             self._census_mode = None

@@ -141,6 +141,41 @@ def test_cpu_groups_run_side_by_side_on_threads(monkeypatch, tile):
     assert {n for _, n in seen} == {1}                      # each single-threaded
 
 
+def test_on_this_thread_keeps_every_gemm_on_the_calling_thread(monkeypatch):
+    """Inside ``on_this_thread()`` (for profilers and dispatch modes, which see one thread) no
+    group runs on a worker, even where side by side would; after it they do again."""
+    import threading
+    monkeypatch.setattr(torch_backend, "SIDE_BY_SIDE_MACS", 0)
+    seen = []
+    mm_into = torch_backend._mm_into
+
+    def spy(*args, **kwargs):
+        seen.append(threading.get_ident())
+        return mm_into(*args, **kwargs)
+
+    monkeypatch.setattr(torch_backend, "_mm_into", spy)
+    torch.manual_seed(5)
+    m = sample_step_mask(6, 13, 0.3)
+    x = torch.randn(m.groups, 3, 13, dtype=torch.float64)
+    w = torch.randn(18, 13, dtype=torch.float64)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with torch_backend.on_this_thread():
+            inside = torch_backend.compact_matmul(torch_backend.gather(x, m),
+                                                  torch_backend.permute_weight(w, m, 1), m)
+        on_caller, seen[:] = set(seen), []
+        after = torch_backend.compact_matmul(torch_backend.gather(x, m),
+                                             torch_backend.permute_weight(w, m, 1), m)
+    finally:
+        torch.set_num_threads(threads)
+    assert on_caller == {threading.get_ident()}
+    assert len(set(seen)) == 2                          # side by side again after it
+    assert torch_backend.SIDE_BY_SIDE_MACS == 0         # restored
+    torch.testing.assert_close(inside, after, rtol=0, atol=0)
+    torch.testing.assert_close(inside, reference.consumer(x, w, m), rtol=1e-12, atol=1e-12)
+
+
 def test_side_by_side_restores_threads_when_a_share_fails():
     threads = torch.get_num_threads()
     torch.set_num_threads(2)

@@ -309,3 +309,22 @@ def test_trainer_profile_gpu_without_cuda(capsys, tmp_path):
 
     assert trainer_profile.main(["--gpu", "--out", str(tmp_path)]) == 2
     assert "no CUDA device" in capsys.readouterr().err
+
+
+def test_trainer_profile_census_and_kernels_windows_keep_gemms_on_this_thread():
+    """The sync census (a dispatch mode) and the profiler see only the training thread, so in
+    their windows the torch backend runs no GEMM side by side; the timed windows keep it."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    import trainer_profile
+    from onmt_sdrop.ops import torch_backend
+
+    normal = torch_backend.SIDE_BY_SIDE_MACS
+    rec = trainer_profile.Recorder([("throughput", 1), ("census", 1), ("kernels", 1)], cuda=False)
+    seen = []
+    for old, new in (("warmup", "throughput"), ("throughput", "census"), ("census", "kernels"),
+                     ("kernels", "tail")):
+        rec._switch(old, new)
+        seen.append((new, torch_backend.SIDE_BY_SIDE_MACS))
+    assert seen == [("throughput", normal), ("census", float("inf")),
+                    ("kernels", float("inf")), ("tail", normal)]
+    assert rec.errors == [] and rec.kernel_stats is not None
