@@ -67,6 +67,9 @@ def e2e_variants(backend: str, with_graphs: bool, kernels=None, keep=None) -> di
     return variants
 
 
+ROW_NAMES = ("stock", "dense", "compact", "dense+graphs", "compact+graphs")
+
+
 def row_name(variant: str) -> str:
     """``sdrop_compact@cublas+cublas+graphs`` -> ``compact+graphs``."""
     name = variant.replace("sdrop_", "")
@@ -323,7 +326,8 @@ def main(argv=None):
                     "one compacted training variant each, side by side (default: one, the "
                     "backend's choice)")
     ap.add_argument("--variants", help="comma-separated training variants to run (stock, dense, "
-                    "compact, dense+graphs, compact+graphs; default: all)")
+                    "compact, dense+graphs, compact+graphs; default: all; --dry-run runs "
+                    "a +graphs variant eagerly)")
     ap.add_argument("--micro-align", type=int, default=1, help="window alignment of the micro "
                     "rows' masks (-sdrop_window_align; 8: cuBLAS can take fp16)")
     ap.add_argument("--precisions", default="fp32,fp16", help="comma-separated (fp32, fp16)")
@@ -359,8 +363,16 @@ def main(argv=None):
                                               or d not in cu.DW_KERNELS)):
             ap.error(f"--e2e-kernels: {pair!r} is not GEMM+DW[+kernel|+nosplit][+alignN] of "
                      f"{getattr(cu, 'GEMM_KERNELS', '?')} x {getattr(cu, 'DW_KERNELS', '?')}")
-    variants = e2e_variants(backend, with_graphs=device == "cuda" and not args.no_graphs,
-                            kernels=pairs, keep=args.variants and args.variants.split(","))
+    with_graphs = device == "cuda" and not args.no_graphs
+    keep = args.variants.split(",") if args.variants else None
+    for v in keep or []:
+        if v not in ROW_NAMES:
+            ap.error(f"--variants: {v!r} is not one of {', '.join(ROW_NAMES)}")
+        if v.endswith("+graphs") and args.no_graphs:
+            ap.error(f"--variants: {v!r} with --no-graphs")
+    if keep and args.dry_run:   # no graphs on the CPU: their eager forms, so every pair still runs
+        keep = [v.removesuffix("+graphs") for v in keep]
+    variants = e2e_variants(backend, with_graphs=with_graphs, kernels=pairs, keep=keep)
     around = lambda name: kernel_choice(cu, name)  # noqa: E731
     result = {"device": name, "torch": torch.__version__, "date": dt.date.today().isoformat(),
               "command": "python bench/gpu_bench.py " + " ".join(sys.argv[1:] if argv is None

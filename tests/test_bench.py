@@ -135,3 +135,48 @@ def test_op_count_sees_every_op_whatever_the_thread_count(monkeypatch):
         torch.set_num_threads(threads)
     assert counts[0] == counts[1]
     assert torch_backend.SIDE_BY_SIDE_MACS == 0   # restored after counting
+
+
+def _gpu_check_commands():
+    """bench/gpu_check.sh's gpu_bench.py command lines, with their default settings filled in."""
+    import re
+    import shlex
+
+    script = (BENCH / "gpu_check.sh").read_text().replace("\\\n", " ")
+    commands = []
+    for line in script.splitlines():
+        if "bench/gpu_bench.py" not in line or line.lstrip().startswith("#"):
+            continue
+        line = line.split("bench/gpu_bench.py", 1)[1].split("2>&1")[0]
+        line = re.sub(r"\$\{\w+:-([^}]*)\}", r"\1", line)
+        commands.append(shlex.split(line))
+    return commands
+
+
+def test_gpu_check_commands_run_as_a_dry_run(tmp_path):
+    """The device call runs once: each of gpu_check.sh's benchmark commands, exactly as written
+    there, parses and runs through every kernel pair and variant it names (as a dry run)."""
+    e2e, micro = _gpu_check_commands()
+    assert e2e[e2e.index("--out") + 1] == "$OUT/e2e" and "--no-micro" in e2e
+    pairs = e2e[e2e.index("--e2e-kernels") + 1].split(",")
+    assert "cublas+cublas+align8" in pairs
+    for argv, sub in ((e2e, "e2e"), (micro, "micro")):
+        argv = [str(tmp_path / sub) if a.startswith("$OUT") else a for a in argv]
+        gpu_bench.main(argv + ["--dry-run", "--steps", "1"])
+    (out,) = (tmp_path / "e2e").glob("dry-run-*.json")
+    rows = json.loads(out.read_text())["results"]
+    assert {(r["variant"], r["kernels"]) for r in rows} == {("stock", None), ("dense", None)} | {
+        ("compact", p) for p in pairs}   # the +graphs variants, run eagerly on the CPU
+    (out,) = (tmp_path / "micro").glob("dry-run-*.json")
+    micro_rows = json.loads(out.read_text())["micro"]
+    assert {r["gemm"] for r in micro_rows if r["part"] != "prep"} == {
+        f"{side}_{part}" for side in ("consumer", "producer") for part in ("fwd", "dx", "dw")}
+    assert {r["align"] for r in micro_rows if "align" in r} == {8}
+
+
+@pytest.mark.parametrize("argv", [["--variants", "stock,compact+graph"],
+                                  ["--variants", "compact+graphs", "--no-graphs"]])
+def test_gpu_bench_refuses_variants_it_would_not_run(tmp_path, argv):
+    with pytest.raises(SystemExit) as stop:
+        gpu_bench.main(["--out", str(tmp_path), "--dry-run", "--no-micro"] + argv)
+    assert stop.value.code == 2
