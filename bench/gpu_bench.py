@@ -67,9 +67,6 @@ def e2e_variants(backend: str, with_graphs: bool, kernels=None, keep=None) -> di
     return variants
 
 
-ROW_NAMES = ("stock", "dense", "compact", "dense+graphs", "compact+graphs")
-
-
 def row_name(variant: str) -> str:
     """``sdrop_compact@cublas+cublas+graphs`` -> ``compact+graphs``."""
     name = variant.replace("sdrop_", "")
@@ -365,9 +362,10 @@ def main(argv=None):
                      f"{getattr(cu, 'GEMM_KERNELS', '?')} x {getattr(cu, 'DW_KERNELS', '?')}")
     with_graphs = device == "cuda" and not args.no_graphs
     keep = args.variants.split(",") if args.variants else None
+    row_names = list(dict.fromkeys(row_name(k) for k in e2e_variants(backend, True)))
     for v in keep or []:
-        if v not in ROW_NAMES:
-            ap.error(f"--variants: {v!r} is not one of {', '.join(ROW_NAMES)}")
+        if v not in row_names:
+            ap.error(f"--variants: {v!r} is not one of {', '.join(row_names)}")
         if v.endswith("+graphs") and args.no_graphs:
             ap.error(f"--variants: {v!r} with --no-graphs")
     if keep and args.dry_run:   # no graphs on the CPU: their eager forms, so every pair still runs
